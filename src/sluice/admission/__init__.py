@@ -1,0 +1,1 @@
+"""Admission: authentication, limits, priority queueing."""

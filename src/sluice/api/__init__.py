@@ -1,0 +1,1 @@
+"""HTTP surface: OpenAI routes, admin routes, error bodies."""

@@ -1,0 +1,1 @@
+"""Benchmarks: workloads, load runner, cluster simulator, reports."""

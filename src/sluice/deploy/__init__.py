@@ -1,0 +1,1 @@
+"""Deployment: Kubernetes manifests, dashboards and alert rules."""

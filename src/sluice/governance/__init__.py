@@ -1,0 +1,1 @@
+"""Governance: audit ledger, guardrails, metering and prices."""

@@ -1,0 +1,113 @@
+"""The policy seam: pick one endpoint among candidates, explain why, learn from outcomes."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sluice.routing.endpoint import EndpointState
+from sluice.routing.facts import RequestFacts
+
+
+class NoEndpointError(Exception):
+    """No candidate can serve the request (all unhealthy, ejected, or filtered out)."""
+
+
+@dataclass(slots=True)
+class Decision:
+    endpoint: EndpointState
+    reason: str
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def explain(self) -> str:
+        """Compact form for a debug header and the audit row."""
+        ranked = ", ".join(f"{k}={v:.3g}" for k, v in self.scores.items())
+        return f"{self.endpoint.id}; {self.reason}" + (f"; {ranked}" if ranked else "")
+
+
+class Policy(ABC):
+    """Base class. Subclasses implement ``choose``; ``pick`` filters unavailable endpoints.
+
+    ``candidates`` are already restricted to endpoints that serve the model (the pool stage);
+    policies must not mutate load counters, which the caller owns (``EndpointState.begin/end``).
+    """
+
+    name = "base"
+
+    def pick(
+        self, facts: RequestFacts, candidates: Sequence[EndpointState], now: float
+    ) -> Decision:
+        alive = [c for c in candidates if c.available(now)]
+        if not alive:
+            raise NoEndpointError(f"no available endpoint for model {facts.model!r}")
+        return self.choose(facts, alive, now)
+
+    @abstractmethod
+    def choose(
+        self, facts: RequestFacts, candidates: Sequence[EndpointState], now: float
+    ) -> Decision:
+        """Pick among available candidates (never empty)."""
+
+    def on_dispatch(self, facts: RequestFacts, endpoint: EndpointState, now: float) -> None:
+        """The request was sent to ``endpoint`` (after any retry). Learning policies override."""
+
+    def on_complete(
+        self,
+        facts: RequestFacts,
+        endpoint: EndpointState,
+        now: float,
+        ttft: float | None,
+        ok: bool,
+    ) -> None:
+        """The request finished (successfully or not). Learning policies override."""
+
+
+class RoundRobin(Policy):
+    name = "round_robin"
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def choose(
+        self, facts: RequestFacts, candidates: Sequence[EndpointState], now: float
+    ) -> Decision:
+        chosen = candidates[self._next % len(candidates)]
+        self._next += 1
+        return Decision(chosen, "round-robin")
+
+
+class LeastLoad(Policy):
+    """Fewest outstanding requests: gateway in-flight plus engine-reported waiting."""
+
+    name = "least_load"
+
+    def choose(
+        self, facts: RequestFacts, candidates: Sequence[EndpointState], now: float
+    ) -> Decision:
+        chosen = min(candidates, key=lambda c: (c.load(), c.running, c.kv_usage))
+        return Decision(chosen, "least load", {c.id: float(c.load()) for c in candidates})
+
+
+_REGISTRY: dict[str, Callable[..., Policy]] = {
+    RoundRobin.name: RoundRobin,
+    LeastLoad.name: LeastLoad,
+}
+
+
+def register_policy(name: str, factory: Callable[..., Policy]) -> None:
+    _REGISTRY[name] = factory
+
+
+def make_policy(name: str, **options: Any) -> Policy:
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(f"unknown routing policy {name!r}; known: {known}") from None
+    return factory(**options)
+
+
+def policy_names() -> list[str]:
+    return sorted(_REGISTRY)

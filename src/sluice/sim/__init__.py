@@ -1,0 +1,1 @@
+"""A vLLM-compatible engine simulator: pure engine model, HTTP server, KV events."""

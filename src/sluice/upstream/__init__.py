@@ -1,0 +1,1 @@
+"""Upstream: engine client, discovery, metrics scraper, KV-event subscriber."""
