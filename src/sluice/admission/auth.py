@@ -1,0 +1,95 @@
+"""Authentication of the ``Authorization: Bearer`` credential: API key or (optionally) JWT.
+
+Every failure (missing, malformed, unknown, wrong secret, expired, revoked) does the same work (a
+cache or store lookup and one HMAC) and returns the same 401, so timing does not tell them apart.
+Verified key records are cached briefly (``cache_ttl``, bounded LRU, also for unknown ids) so the
+hot path is one dict lookup plus one HMAC; a revocation takes effect within ``cache_ttl``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from sluice.admission import keys
+from sluice.admission.jwt_auth import JwtError, JwtVerifier
+from sluice.admission.key_store import KeyRecord, KeyStore
+from sluice.admission.principal import AuthError, Principal
+
+INVALID = "Incorrect API key provided."
+MISSING = "You didn't provide an API key. Use 'Authorization: Bearer sk-sluice-…'."
+
+
+def unauthorized(message: str = INVALID) -> AuthError:
+    return AuthError(401, message, "invalid_api_key")
+
+
+class Authenticator:
+    def __init__(
+        self,
+        store: KeyStore,
+        jwt_verifier: JwtVerifier | None = None,
+        cache_ttl: float = 5.0,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._jwt = jwt_verifier
+        self._ttl = cache_ttl
+        self._size = cache_size
+        self._clock = clock
+        self._cache: OrderedDict[str, tuple[KeyRecord | None, float]] = OrderedDict()
+
+    @staticmethod
+    def bearer(authorization: str | None) -> str | None:
+        if not authorization:
+            return None
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return token.strip()
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        token = self.bearer(authorization)
+        if token is not None and self._jwt is not None and JwtVerifier.looks_like_jwt(token):
+            try:
+                return self._jwt.verify(token)
+            except JwtError:
+                raise unauthorized("Invalid or expired token.") from None
+        parsed = keys.parse(token) if token else None
+        record = await self._lookup(parsed[0]) if parsed else None
+        secret = parsed[1] if parsed else "x" * 43
+        if record is None:
+            keys.verify(keys.DUMMY_SALT, keys.DUMMY_DIGEST, secret)
+            raise unauthorized(MISSING if token is None else INVALID)
+        good = keys.verify(record.salt, record.digest, secret)
+        if not good or not record.active(self._clock()):
+            raise unauthorized()
+        return Principal(
+            tenant=record.tenant,
+            user=record.user,
+            tier=record.tier,
+            key_id=record.key_id,
+            models=record.models,
+            rpm=record.rpm,
+            tpm=record.tpm,
+            concurrency=record.concurrency,
+            trusted=record.trusted,
+        )
+
+    async def _lookup(self, key_id: str) -> KeyRecord | None:
+        now = self._clock()
+        hit = self._cache.get(key_id)
+        if hit is not None and now - hit[1] < self._ttl:
+            return hit[0]
+        record = await self._store.get(key_id)
+        self._cache[key_id] = (record, now)
+        self._cache.move_to_end(key_id)
+        if len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+        return record
+
+    def forget(self, key_id: str) -> None:
+        """Drop a cached record (called after a revocation made through this process)."""
+        self._cache.pop(key_id, None)

@@ -1,0 +1,100 @@
+"""In-process limiter: one gateway replica. Same arithmetic as the Redis backend."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from sluice.admission.limits import gcra
+from sluice.admission.limits.base import Limiter, token_refund
+from sluice.admission.limits.buckets import BucketState, Kind, Plan, Verdict
+
+_SWEEP_EVERY = 4096
+
+
+class MemoryLimiter(Limiter):
+    """Buckets live in dicts; idle buckets are swept so memory stays bounded by active callers."""
+
+    name = "memory"
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._tat: dict[str, float] = {}
+        self._slots: dict[str, dict[str, float]] = {}  # bucket -> ticket -> expiry
+        self._ops = 0
+
+    async def reserve(self, plan: Plan, ticket_id: str, slot_ttl: float) -> Verdict:
+        return self.reserve_now(plan, ticket_id, slot_ttl)
+
+    def reserve_now(self, plan: Plan, ticket_id: str, slot_ttl: float) -> Verdict:
+        now = self._clock()
+        self._maybe_sweep(now)
+        verdict = Verdict(allowed=True, backend=self.name)
+        new_tats: list[float] = []
+        for b in plan.rates:
+            out = gcra.check(self._tat.get(b.name, now), now, b.cost, b.limit, b.period)
+            verdict.states.append(
+                BucketState(b.name, b.kind, b.limit, out.remaining, out.reset_after)
+            )
+            new_tats.append(out.tat)
+            if not out.allowed:
+                self._refuse(verdict, b.name, out.retry_after)
+        for s in plan.slots:
+            holders = self._live_slots(s.name, now)
+            free = s.limit - len(holders)
+            verdict.states.append(BucketState(s.name, Kind.CONCURRENCY, s.limit, max(0, free), 0.0))
+            if free <= 0:
+                soonest = min(holders.values(), default=now + 1.0)
+                self._refuse(verdict, s.name, max(soonest - now, 0.001))
+        if verdict.allowed:
+            for b, tat in zip(plan.rates, new_tats, strict=True):
+                self._tat[b.name] = tat
+            for s in plan.slots:
+                self._slots.setdefault(s.name, {})[ticket_id] = now + slot_ttl
+        return verdict
+
+    async def settle(self, plan: Plan, ticket_id: str, actual_tokens: int | None) -> None:
+        self.settle_now(plan, ticket_id, actual_tokens)
+
+    def settle_now(self, plan: Plan, ticket_id: str, actual_tokens: int | None) -> None:
+        for b in plan.rates:
+            if b.kind is not Kind.TOKENS or b.name not in self._tat:
+                continue
+            units = token_refund(b.cost, actual_tokens)
+            self._tat[b.name] = gcra.refund(self._tat[b.name], units, b.limit, b.period)
+        for s in plan.slots:
+            holders = self._slots.get(s.name)
+            if holders is not None:
+                holders.pop(ticket_id, None)
+                if not holders:
+                    del self._slots[s.name]
+
+    def _live_slots(self, name: str, now: float) -> dict[str, float]:
+        holders = self._slots.get(name)
+        if not holders:
+            return {}
+        expired = [t for t, exp in holders.items() if exp <= now]
+        for t in expired:
+            del holders[t]
+        return holders
+
+    @staticmethod
+    def _refuse(verdict: Verdict, name: str, retry_after: float) -> None:
+        if verdict.allowed:
+            verdict.refused_by = name
+        verdict.allowed = False
+        verdict.retry_after = max(verdict.retry_after, retry_after)
+
+    def _maybe_sweep(self, now: float) -> None:
+        self._ops += 1
+        if self._ops % _SWEEP_EVERY:
+            return
+        for name in [n for n, tat in self._tat.items() if tat <= now]:
+            del self._tat[name]
+        for name in list(self._slots):
+            if not self._live_slots(name, now):
+                del self._slots[name]
+
+    def size(self) -> int:
+        """Number of live buckets (a gauge for boundedness)."""
+        return len(self._tat) + len(self._slots)

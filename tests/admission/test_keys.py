@@ -1,0 +1,88 @@
+"""Key format, hashing, the SQL key store (SQLite and PostgreSQL) and authentication."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sluice.admission import keys
+from sluice.admission.auth import Authenticator
+from sluice.admission.key_store import KeyStore, api_keys
+from sluice.admission.principal import AuthError
+from tests.admission.services import FakeClock
+
+
+def test_generated_keys_have_the_prefix_and_parse_back() -> None:
+    new = keys.generate()
+    assert new.plaintext.startswith("sk-sluice-")
+    parsed = keys.parse(new.plaintext)
+    assert parsed is not None and parsed[0] == new.key_id
+    assert keys.verify(new.salt, new.digest, parsed[1])
+    assert not keys.verify(new.salt, new.digest, parsed[1][:-1] + "A")
+    assert new.display.endswith("-…") and parsed[1] not in new.display
+
+
+@pytest.mark.parametrize(
+    "token", ["", "sk-sluice-", "sk-other-0123456789ab-" + "a" * 43, "sk-sluice-XYZ-" + "a" * 43]
+)
+def test_malformed_keys_do_not_parse(token: str) -> None:
+    assert keys.parse(token) is None
+
+
+async def test_store_keeps_only_salted_digests(db_engine: AsyncEngine) -> None:
+    store = KeyStore(db_engine)
+    record, plaintext = await store.create(tenant="t1", user="alice", tier="pro", models=["m"])
+    secret = plaintext.rsplit("-", 1)[1]
+    async with db_engine.connect() as conn:
+        rows = (await conn.execute(api_keys.select())).all()
+    assert len(rows) == 1
+    stored = " ".join(str(v) for v in rows[0])
+    assert secret not in stored and plaintext not in stored
+    again = await store.get(record.key_id)
+    assert again is not None and again.models == ("m",) and again.tier == "pro"
+    assert [r.key_id for r in await store.list()] == [record.key_id]
+    assert await store.revoke(record.key_id)
+    assert not await store.revoke(record.key_id)
+    assert await store.list() == []
+    assert len(await store.list(include_revoked=True)) == 1
+
+
+async def _reject(auth: Authenticator, header: str | None) -> AuthError:
+    with pytest.raises(AuthError) as info:
+        await auth.authenticate(header)
+    assert info.value.status == 401
+    return info.value
+
+
+async def test_every_bad_credential_is_a_401(sqlite_engine: AsyncEngine, clock: FakeClock) -> None:
+    store = KeyStore(sqlite_engine)
+    auth = Authenticator(store, cache_ttl=0.0, clock=clock)
+    good, plaintext = await store.create(tenant="t", user="u", now=clock.now)
+    expired, expired_key = await store.create(tenant="t", user="u", expires_at=clock.now + 10)
+    revoked, revoked_key = await store.create(tenant="t", user="u")
+    await store.revoke(revoked.key_id)
+
+    principal = await auth.authenticate(f"Bearer {plaintext}")
+    assert principal.key_id == good.key_id and principal.tenant == "t"
+    assert (await _reject(auth, None)).code == "invalid_api_key"
+    await _reject(auth, "Basic abc")
+    await _reject(auth, "Bearer sk-sluice-nonsense")
+    await _reject(auth, f"Bearer {plaintext[:-1]}{'B' if plaintext[-1] != 'B' else 'C'}")
+    await _reject(auth, f"Bearer sk-sluice-0123456789ab-{'a' * 43}")
+    await _reject(auth, f"Bearer {revoked_key}")
+    assert (await auth.authenticate(f"Bearer {expired_key}")).key_id == expired.key_id
+    clock.advance(11)
+    await _reject(auth, f"Bearer {expired_key}")
+
+
+async def test_revocation_takes_effect_after_the_cache_ttl(
+    sqlite_engine: AsyncEngine, clock: FakeClock
+) -> None:
+    store = KeyStore(sqlite_engine)
+    auth = Authenticator(store, cache_ttl=5.0, clock=clock)
+    record, plaintext = await store.create(tenant="t", user="u")
+    await auth.authenticate(f"Bearer {plaintext}")
+    await store.revoke(record.key_id)
+    await auth.authenticate(f"Bearer {plaintext}")  # still cached
+    clock.advance(5.1)
+    await _reject(auth, f"Bearer {plaintext}")

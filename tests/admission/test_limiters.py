@@ -1,0 +1,123 @@
+"""Both limiter backends (in-process and real Redis) against the same scenarios."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from sluice.admission.limits import (
+    Kind,
+    Limiter,
+    MemoryLimiter,
+    Plan,
+    RateBucket,
+    RedisLimiter,
+    SlotBucket,
+)
+from tests.admission.services import REDIS_URL, FakeClock
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limiter(
+    request: pytest.FixtureRequest, clock: FakeClock, redis_client: Redis, redis_prefix: str
+) -> AsyncIterator[Limiter]:
+    if request.param == "memory":
+        yield MemoryLimiter(clock)
+    else:
+        yield RedisLimiter(redis_client, redis_prefix)
+
+
+def req(name: str, limit: int) -> RateBucket:
+    return RateBucket(f"{name}:requests", Kind.REQUESTS, limit, 60.0, 1)
+
+
+def tok(name: str, limit: int, cost: int) -> RateBucket:
+    return RateBucket(f"{name}:tokens", Kind.TOKENS, limit, 60.0, cost)
+
+
+async def test_request_limit_admits_exactly_the_limit(limiter: Limiter) -> None:
+    plan = Plan(rates=(req("user:a", 5),))
+    results = [await limiter.reserve(plan, f"t{i}", 60) for i in range(8)]
+    assert [r.allowed for r in results] == [True] * 5 + [False] * 3
+    refused = results[-1]
+    assert refused.refused_by == "user:a:requests"
+    assert 11.0 < refused.retry_after <= 12.0 + 1e-3  # one slot back every 12 s
+    state = refused.tightest(Kind.REQUESTS)
+    assert state is not None and state.limit == 5 and state.remaining == 0
+
+
+async def test_refusal_by_one_bucket_reserves_nothing_anywhere(limiter: Limiter) -> None:
+    tight = Plan(rates=(req("key:k", 100), req("user:u", 1)))
+    assert (await limiter.reserve(tight, "a", 60)).allowed
+    for i in range(5):
+        assert not (await limiter.reserve(tight, f"b{i}", 60)).allowed
+    # The key bucket was charged once only: 99 left.
+    only_key = await limiter.reserve(Plan(rates=(req("key:k", 100),)), "c", 60)
+    state = only_key.tightest(Kind.REQUESTS)
+    assert state is not None and state.remaining == 98
+
+
+async def test_token_estimate_is_reserved_then_settled_to_the_real_count(
+    limiter: Limiter,
+) -> None:
+    def plan(cost: int) -> Plan:
+        return Plan(rates=(tok("tenant:t", 1000, cost),))
+
+    assert (await limiter.reserve(plan(600), "a", 60)).allowed
+    assert not (await limiter.reserve(plan(600), "b", 60)).allowed
+    await limiter.settle(plan(600), "a", actual_tokens=100)  # 500 given back
+    assert (await limiter.reserve(plan(800), "c", 60)).allowed
+    assert not (await limiter.reserve(plan(200), "d", 60)).allowed
+
+
+async def test_oversized_estimate_passes_on_a_full_bucket_only(limiter: Limiter) -> None:
+    big = Plan(rates=(tok("model:m", 1000, 5000),))
+    assert (await limiter.reserve(big, "a", 60)).allowed
+    assert not (await limiter.reserve(Plan(rates=(tok("model:m", 1000, 1),)), "b", 60)).allowed
+
+
+async def test_concurrency_slot_released_at_settle(limiter: Limiter) -> None:
+    plan = Plan(slots=(SlotBucket("key:k:concurrency", 2),))
+    assert (await limiter.reserve(plan, "a", 60)).allowed
+    assert (await limiter.reserve(plan, "b", 60)).allowed
+    refused = await limiter.reserve(plan, "c", 60)
+    assert not refused.allowed and refused.refused_by == "key:k:concurrency"
+    await limiter.settle(plan, "a", None)
+    assert (await limiter.reserve(plan, "c", 60)).allowed
+
+
+async def test_concurrency_slots_expire_if_never_released(
+    limiter: Limiter, clock: FakeClock
+) -> None:
+    plan = Plan(slots=(SlotBucket("key:k:concurrency", 1),))
+    assert (await limiter.reserve(plan, "lost", 0.2)).allowed
+    assert not (await limiter.reserve(plan, "b", 0.2)).allowed
+    clock.advance(0.3)
+    if isinstance(limiter, RedisLimiter):
+        await asyncio.sleep(0.3)  # Redis uses its own clock
+    assert (await limiter.reserve(plan, "b", 0.2)).allowed
+
+
+async def test_three_redis_clients_under_a_concurrent_burst_share_the_limits(
+    redis_prefix: str,
+) -> None:
+    clients = [Redis.from_url(REDIS_URL) for _ in range(3)]
+    limiters = [RedisLimiter(c, redis_prefix) for c in clients]
+    estimate = 70
+    plan = Plan(rates=(req("global", 50), tok("global", 1000, estimate)))
+
+    async def one(i: int) -> bool:
+        return (await limiters[i % 3].reserve(plan, f"t{i}", 60)).allowed
+
+    try:
+        results = await asyncio.gather(*(one(i) for i in range(300)))
+    finally:
+        for c in clients:
+            await c.aclose()
+    admitted = sum(results)
+    assert admitted <= 50
+    assert admitted * estimate <= 1000 + estimate
+    assert admitted == 1000 // estimate  # tokens are the tighter limit here
