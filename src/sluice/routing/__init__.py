@@ -4,17 +4,26 @@ Nothing here does I/O or reads the wall clock: callers pass ``now``. The same ob
 the live gateway and inside the discrete-event cluster simulator.
 """
 
+# Importing registers them by name (make_policy("cost_model"), ...).
+from sluice.routing.cost_model import CostModel
 from sluice.routing.endpoint import Endpoint, EndpointState
 from sluice.routing.facts import RequestFacts
 from sluice.routing.policy import Decision, NoEndpointError, Policy, make_policy, register_policy
+from sluice.routing.prefix_affinity import PrefixAffinity
+from sluice.routing.prefix_index import PrefixIndex
+from sluice.routing.weighted import WeightedScorers
 
 __all__ = [
+    "CostModel",
     "Decision",
     "Endpoint",
     "EndpointState",
     "NoEndpointError",
     "Policy",
+    "PrefixAffinity",
+    "PrefixIndex",
     "RequestFacts",
+    "WeightedScorers",
     "make_policy",
     "register_policy",
 ]

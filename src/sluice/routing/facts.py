@@ -25,3 +25,7 @@ class RequestFacts:
     tenant: str | None = None
     stream: bool = False
     request_id: str = ""
+    # "interactive" or "batch": with the prompt size it selects the prompt class (``pools``).
+    kind: str = "interactive"
+    # A pinned model version (the ``x-sluice-model-version`` header), for testing a canary.
+    version_override: str | None = None

@@ -20,11 +20,30 @@ class Decision:
     endpoint: EndpointState
     reason: str
     scores: dict[str, float] = field(default_factory=dict)
+    # Prompt tokens the chosen engine is expected to find in its prefix cache, and the rest it
+    # must prefill. Callers pass ``prefill_tokens`` (when set) to ``EndpointState.begin`` so the
+    # queued-prefill accounting counts uncached work only.
+    cached_tokens: int = 0
+    prefill_tokens: int | None = None
+    # Set by the router stage in front of the policy (``routing.router``).
+    upstream_model: str | None = None  # the model name to send (a version may rename it)
+    load_adapter: str | None = None  # ask the endpoint to load this LoRA adapter first
+    pool: str | None = None
 
     def explain(self) -> str:
         """Compact form for a debug header and the audit row."""
         ranked = ", ".join(f"{k}={v:.3g}" for k, v in self.scores.items())
-        return f"{self.endpoint.id}; {self.reason}" + (f"; {ranked}" if ranked else "")
+        extra = "".join(
+            f"; {name}={value}"
+            for name, value in (
+                ("pool", self.pool),
+                ("model", self.upstream_model),
+                ("cached", self.cached_tokens or None),
+                ("load_adapter", self.load_adapter),
+            )
+            if value is not None
+        )
+        return f"{self.endpoint.id}; {self.reason}" + (f"; {ranked}" if ranked else "") + extra
 
 
 class Policy(ABC):

@@ -1,0 +1,84 @@
+"""Chained block hashes of a prompt: the keys of the prefix index.
+
+A prompt is cut into fixed-size blocks and block *i* is hashed together with the hash of block
+*i-1*, so one hash names a whole prefix, as in vLLM's automatic prefix caching. Two units:
+
+* token blocks (``hash_token_blocks``): the engine's block size in token ids, used when a
+  tokenizer is configured and by the KV-event mirror, which rebuilds the same chain from the
+  ``token_ids`` of each ``BlockStored`` event;
+* text blocks (``hash_text_blocks``): fixed-size slices of the UTF-8 prompt, used when there is
+  no tokenizer (about 4 bytes per token, so 64 bytes stand for one 16-token block).
+
+Only full blocks are hashed: the engine caches only full blocks too. A LoRA adapter (or any other
+cache-partitioning key) seeds the chain's root, so the same text under another adapter never
+matches. blake2b rather than ``hash()``: Python's string hash changes from process to process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections.abc import Sequence
+
+# Bytes of prompt text per approximate block: 16 tokens at ~4 bytes per token.
+DEFAULT_TEXT_BLOCK_BYTES = 64
+APPROX_BYTES_PER_TOKEN = 4
+
+_MASK64 = (1 << 64) - 1
+
+
+def _h64(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+def root_hash(extra_key: str | None = None) -> int:
+    """The parent of a chain's first block; ``extra_key`` partitions the cache (LoRA name)."""
+    return _h64(b"sluice-root\x00" + (extra_key or "").encode())
+
+
+def chain_block(parent: int, block: bytes) -> int:
+    """Hash of one block given its parent's hash."""
+    return _h64((parent & _MASK64).to_bytes(8, "big") + block)
+
+
+def token_block_bytes(tokens: Sequence[int]) -> bytes:
+    """Canonical bytes of token ids (unsigned 32-bit, little-endian)."""
+    packed = array("I", tokens)
+    if packed.itemsize != 4:  # pragma: no cover - 'I' is 4 bytes on every supported platform
+        packed = array("L", tokens)
+    return packed.tobytes()
+
+
+def hash_token_blocks(
+    token_ids: Sequence[int],
+    block_size: int,
+    extra_key: str | None = None,
+    parent: int | None = None,
+) -> list[int]:
+    """Chained hashes of every full ``block_size``-token block of ``token_ids``."""
+    if block_size <= 0:
+        raise ValueError("block_size must be positive")
+    data = token_block_bytes(token_ids)
+    step = block_size * 4
+    full = len(token_ids) // block_size
+    h = root_hash(extra_key) if parent is None else parent
+    out: list[int] = []
+    for i in range(full):
+        h = chain_block(h, data[i * step : (i + 1) * step])
+        out.append(h)
+    return out
+
+
+def hash_text_blocks(
+    text: str, block_bytes: int = DEFAULT_TEXT_BLOCK_BYTES, extra_key: str | None = None
+) -> list[int]:
+    """Chained hashes of every full ``block_bytes``-byte slice of the UTF-8 ``text``."""
+    if block_bytes <= 0:
+        raise ValueError("block_bytes must be positive")
+    data = text.encode("utf-8", "surrogatepass")
+    h = root_hash(extra_key)
+    out: list[int] = []
+    for i in range(len(data) // block_bytes):
+        h = chain_block(h, data[i * block_bytes : (i + 1) * block_bytes])
+        out.append(h)
+    return out

@@ -1,0 +1,153 @@
+"""Cache-aware policies: affinity, load guards, degenerate cases, cost-model learning."""
+
+from __future__ import annotations
+
+import pytest
+
+from sluice.routing import Endpoint, EndpointState, RequestFacts, make_policy
+from sluice.routing.cost_model import CostModel
+from sluice.routing.hashing import hash_token_blocks
+from sluice.routing.prefix_index import PrefixIndex
+
+CACHE_POLICIES = ["prefix_affinity", "weighted", "cost_model"]
+
+
+def _states(n: int) -> list[EndpointState]:
+    return [EndpointState(Endpoint(id=f"e{i}", url=f"http://x:{i}")) for i in range(n)]
+
+
+def _facts(tokens: list[int], request_id: str = "") -> RequestFacts:
+    return RequestFacts(
+        model="m",
+        prompt_tokens=len(tokens),
+        block_hashes=hash_token_blocks(tokens, 16),
+        request_id=request_id,
+    )
+
+
+def _route(policy, facts, states, now=0.0):
+    decision = policy.pick(facts, states, now)
+    policy.on_dispatch(facts, decision.endpoint, now)
+    return decision
+
+
+@pytest.mark.parametrize("name", CACHE_POLICIES)
+def test_repeated_prompt_returns_to_the_endpoint_that_cached_it(name: str) -> None:
+    states = _states(4)
+    policy = make_policy(name)
+    prompt = list(range(2048))
+    first = _route(policy, _facts(prompt), states)
+    # other traffic elsewhere; the first endpoint is as loaded as the rest
+    for i, s in enumerate(states):
+        s.in_flight = 1
+        if s is not first.endpoint:
+            _route(policy, _facts(list(range(10_000 * (i + 1), 10_000 * (i + 1) + 512))), [s])
+    again = policy.pick(_facts(prompt + list(range(5000, 5100))), states, 1.0)
+    assert again.endpoint.id == first.endpoint.id
+    assert again.cached_tokens == 2048
+    assert again.prefill_tokens == 100
+    assert first.endpoint.id in again.explain()
+
+
+@pytest.mark.parametrize("name", CACHE_POLICIES)
+def test_cache_miss_goes_to_least_loaded_not_emptiest_index(name: str) -> None:
+    states = _states(3)
+    policy = make_policy(name)
+    # e0 has the emptiest index but is the busiest
+    for s, load in zip(states, [9, 2, 5], strict=True):
+        s.in_flight = load
+        s.in_flight_prefill_tokens = 1000 * load
+    _route(policy, _facts(list(range(50_000, 50_512))), [states[1]])
+    _route(policy, _facts(list(range(60_000, 60_512))), [states[2]])
+    decision = policy.pick(_facts(list(range(1024))), states, 0.0)
+    assert decision.endpoint.id == "e1"
+
+
+@pytest.mark.parametrize("name", CACHE_POLICIES)
+def test_hot_prefix_is_not_piled_onto_a_saturated_endpoint(name: str) -> None:
+    states = _states(3)
+    policy = make_policy(name)
+    hot = list(range(4096))
+    home = _route(policy, _facts(hot), states).endpoint
+    home.kv_usage = 0.99
+    home.waiting = 40
+    home.in_flight = 120
+    home.in_flight_prefill_tokens = 400_000
+    decision = policy.pick(_facts([*hot, 1, 2, 3]), states, 0.0)
+    assert decision.endpoint is not home
+
+
+def test_prefix_affinity_follows_sglang_thresholds() -> None:
+    states = _states(2)
+    policy = make_policy("prefix_affinity", balance_abs=4, balance_rel=1.5, cache_threshold=0.5)
+    prompt = list(range(320))  # 20 blocks
+    _route(policy, _facts(prompt), [states[0]])
+    # below the match threshold: least load
+    states[0].in_flight = 1
+    short = policy.pick(_facts(prompt[:144] + list(range(9000, 9176))), states, 0.0)
+    assert short.endpoint.id == "e1" and "miss" in short.reason
+    # above it: affinity, although e0 is busier
+    assert policy.pick(_facts(prompt), states, 0.0).endpoint.id == "e0"
+    # imbalanced (abs > 4 and rel > 1.5): least load wins over the match
+    states[0].in_flight = 10
+    states[1].in_flight = 2
+    decision = policy.pick(_facts(prompt), states, 0.0)
+    assert decision.endpoint.id == "e1" and "imbalanced" in decision.reason
+
+
+def test_weighted_rejects_unknown_scorers_and_reports_scores() -> None:
+    with pytest.raises(ValueError, match="known"):
+        make_policy("weighted", weights={"nope": 1})
+    states = _states(2)
+    decision = make_policy("weighted", weights={"load": 1}).pick(_facts([1] * 32), states, 0)
+    assert set(decision.scores) == {"e0", "e1"}
+
+
+def test_precise_mode_does_not_learn_from_decisions() -> None:
+    index = PrefixIndex()
+    policy = make_policy("cost_model", index=index, learn=False)
+    _route(policy, _facts(list(range(64))), _states(2))
+    assert index.stats().blocks == 0
+
+
+def test_cost_model_learns_each_endpoints_prefill_rate_from_ttft() -> None:
+    states = _states(2)
+    policy = CostModel(prefill_rate=10_000, overhead=0.0, decode_weight=0.0, learning_rate=0.5)
+    prompt = list(range(1000))
+    for i in range(20):
+        for s in states:
+            facts = _facts([t + 7919 * i for t in prompt], request_id=f"{s.id}-{i}")
+            policy.pick(facts, [s], 0.0)
+            policy.on_dispatch(facts, s, 0.0)
+            # e1 is four times slower than e0 (1000 uncached tokens each time)
+            ttft = 0.05 if s.id == "e0" else 0.2
+            policy.on_complete(facts, s, 1.0, ttft, ok=True)
+    assert policy.seconds_per_token("e0") == pytest.approx(0.05 / 1000, rel=0.01)
+    assert policy.seconds_per_token("e1") == pytest.approx(0.2 / 1000, rel=0.01)
+    # with equal queues the fast endpoint wins even with a bit more queued work
+    states[0].in_flight_prefill_tokens = 1500
+    assert policy.pick(_facts(list(range(77, 1077))), states, 0).endpoint.id == "e0"
+    states[0].in_flight_prefill_tokens = 5000
+    assert policy.pick(_facts(list(range(77, 1077))), states, 0).endpoint.id == "e1"
+
+
+def test_cost_model_ignores_failed_requests_and_bounds_pending_state() -> None:
+    policy = CostModel()
+    state = _states(1)[0]
+    facts = _facts(list(range(100)), request_id="r")
+    policy.pick(facts, [state], 0.0)
+    policy.on_dispatch(facts, state, 0.0)
+    policy.on_complete(facts, state, 1.0, ttft=None, ok=False)
+    assert policy.samples == 0
+    policy.on_complete(facts, state, 1.0, ttft=0.1, ok=True)  # already settled
+    assert policy.samples == 0
+
+
+def test_capacity_follows_engine_block_count() -> None:
+    index = PrefixIndex(tokens_per_block=16)
+    states = _states(1)
+    states[0].num_blocks = 100
+    states[0].block_size = 32
+    policy = make_policy("prefix_affinity", index=index)
+    policy.pick(_facts(list(range(16))), states, 0.0)
+    assert index.capacity("e0") == 200
