@@ -69,10 +69,12 @@ class JwtVerifier:
         if not self.config.jwks_url:
             return
         timeout = aiohttp.ClientTimeout(total=5)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.get(self.config.jwks_url) as resp:
-                resp.raise_for_status()
-                self.load(await resp.json(content_type=None))
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(self.config.jwks_url) as resp,
+        ):
+            resp.raise_for_status()
+            self.load(await resp.json(content_type=None))
 
     @staticmethod
     def looks_like_jwt(token: str) -> bool:

@@ -37,10 +37,8 @@ def check(tat: float, now: float, cost: float, limit: int, period: float) -> Out
     if new_tat - now <= period + _EPS or base <= now:
         used = new_tat - now
         return Outcome(True, new_tat, _remaining(period - used, interval), used, 0.0)
-    if cost * interval > period:
-        retry = base - now  # larger than the whole limit: wait until the bucket is full again
-    else:
-        retry = new_tat - period - now
+    # Larger than the whole limit: wait until the bucket is full again.
+    retry = base - now if cost * interval > period else new_tat - period - now
     return Outcome(False, tat, _remaining(period - (base - now), interval), base - now, retry)
 
 
