@@ -1,0 +1,218 @@
+"""The paged KV block pool with automatic prefix caching (vLLM V1 ``block_pool.py``).
+
+* ``num_blocks`` blocks of ``block_size`` tokens; block 0 is reserved (vLLM's null block).
+* A full block that has been computed gets a hash and is registered in ``cached`` (one block per
+  hash: a block whose hash is already registered stays anonymous, so KV events name each hash once
+  and a mirror built from them equals ``cached`` exactly).
+* Freed blocks (ref count 0) join the tail of an LRU free queue, a chain in reverse so that its
+  tail is evicted first. They keep their hash and can still be hit; a hit takes them back out.
+* Eviction is lazy: a block that still has a hash is unregistered only when it is reallocated,
+  which emits ``BlockRemoved``.
+
+Every operation is O(1) per block: the free queue is an intrusive doubly linked list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+from sluice.sim.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+
+
+class KVBlock:
+    __slots__ = ("block_hash", "block_id", "next_free", "prev_free", "ref_cnt")
+
+    def __init__(self, block_id: int) -> None:
+        self.block_id = block_id
+        self.ref_cnt = 0
+        self.block_hash: int | None = None
+        self.prev_free: KVBlock | None = None
+        self.next_free: KVBlock | None = None
+
+    def __repr__(self) -> str:
+        return f"KVBlock({self.block_id}, ref={self.ref_cnt}, hash={self.block_hash})"
+
+
+class FreeBlockQueue:
+    """Doubly linked LRU list between two sentinels: pop from the head, append at the tail."""
+
+    __slots__ = ("_head", "_tail", "num_free")
+
+    def __init__(self, blocks: Iterable[KVBlock]) -> None:
+        self._head = KVBlock(-1)
+        self._tail = KVBlock(-1)
+        self._head.next_free = self._tail
+        self._tail.prev_free = self._head
+        self.num_free = 0
+        for block in blocks:
+            self.append(block)
+
+    def popleft(self) -> KVBlock:
+        block = self._head.next_free
+        if block is self._tail or block is None:
+            raise IndexError("no free blocks")
+        self.remove(block)
+        return block
+
+    def remove(self, block: KVBlock) -> None:
+        prev, nxt = block.prev_free, block.next_free
+        prev.next_free = nxt  # type: ignore[union-attr]
+        nxt.prev_free = prev  # type: ignore[union-attr]
+        block.prev_free = block.next_free = None
+        self.num_free -= 1
+
+    def append(self, block: KVBlock) -> None:
+        last = self._tail.prev_free
+        last.next_free = block  # type: ignore[union-attr]
+        block.prev_free = last
+        block.next_free = self._tail
+        self._tail.prev_free = block
+        self.num_free += 1
+
+    def __iter__(self) -> Iterator[KVBlock]:
+        """Free blocks from the head (next to be evicted) to the tail."""
+        block = self._head.next_free
+        while block is not self._tail and block is not None:
+            yield block
+            block = block.next_free
+
+
+class BlockPool:
+    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True) -> None:
+        if num_blocks < 2:
+            raise ValueError("num_blocks must be at least 2 (block 0 is reserved)")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_caching = enable_caching
+        self.blocks = [KVBlock(i) for i in range(num_blocks)]
+        self.free_queue = FreeBlockQueue(self.blocks[1:])
+        self.cached: dict[int, KVBlock] = {}
+        # Events since the last drain; the engine hands them to its sink once per step.
+        self.events: list[KVEvent] = []
+        self.record_events = False
+
+    @property
+    def num_free(self) -> int:
+        """Blocks not referenced by any request, cached ones included (they are evictable)."""
+        return self.free_queue.num_free
+
+    def usage(self) -> float:
+        """vLLM's ``kv_cache_usage_perc``: idle cached blocks count as free."""
+        return 1.0 - self.free_queue.num_free / (self.num_blocks - 1)
+
+    def lookup(self, block_hashes: Sequence[int], max_blocks: int) -> list[KVBlock]:
+        """The longest run of cached blocks for a prefix, stopping at the first miss."""
+        hits: list[KVBlock] = []
+        cached = self.cached
+        for i in range(min(max_blocks, len(block_hashes))):
+            block = cached.get(block_hashes[i])
+            if block is None:
+                break
+            hits.append(block)
+        return hits
+
+    def touch(self, blocks: Iterable[KVBlock]) -> None:
+        """Take a reference on hit blocks; idle ones leave the free queue."""
+        for block in blocks:
+            if block.ref_cnt == 0:
+                self.free_queue.remove(block)
+            block.ref_cnt += 1
+
+    def allocate(self, n: int) -> list[KVBlock]:
+        if n > self.free_queue.num_free:
+            raise ValueError(f"cannot allocate {n} blocks, {self.free_queue.num_free} free")
+        out: list[KVBlock] = []
+        evicted: list[int] = []
+        popleft = self.free_queue.popleft
+        for _ in range(n):
+            block = popleft()
+            if block.block_hash is not None:
+                evicted.append(block.block_hash)
+                del self.cached[block.block_hash]
+                block.block_hash = None
+            block.ref_cnt = 1
+            out.append(block)
+        if evicted and self.record_events:
+            self.events.append(BlockRemoved(evicted))
+        return out
+
+    def allocate_one(self) -> KVBlock:
+        """``allocate(1)`` without the list: the decode hot path needs one block every 16 steps."""
+        block = self.free_queue.popleft()
+        if block.block_hash is not None:
+            del self.cached[block.block_hash]
+            if self.record_events:
+                self.events.append(BlockRemoved([block.block_hash]))
+            block.block_hash = None
+        block.ref_cnt = 1
+        return block
+
+    def free(self, blocks: Sequence[KVBlock]) -> None:
+        """Drop one reference from each block; idle ones join the LRU tail, chain tail first."""
+        append = self.free_queue.append
+        for block in reversed(blocks):
+            block.ref_cnt -= 1
+            if block.ref_cnt == 0:
+                append(block)
+
+    def cache_blocks(
+        self,
+        blocks: Sequence[KVBlock],
+        block_hashes: Sequence[int],
+        start: int,
+        end: int,
+        token_ids: Sequence[int],
+        lora_name: str | None,
+    ) -> None:
+        """Register blocks ``start..end-1`` of a request (now full and computed) under their hashes.
+
+        Emits one ``BlockStored`` per contiguous run of newly registered blocks.
+        """
+        if not self.enable_caching:
+            return
+        cached = self.cached
+        run: list[int] = []
+        run_start = start
+        for i in range(start, end):
+            h = block_hashes[i]
+            block = blocks[i]
+            if h in cached or block.block_hash is not None:
+                # Already cached elsewhere (a concurrent twin) or already ours: nothing to store.
+                self._emit_stored(run, run_start, block_hashes, token_ids, lora_name)
+                run = []
+                run_start = i + 1
+                continue
+            block.block_hash = h
+            cached[h] = block
+            run.append(h)
+        self._emit_stored(run, run_start, block_hashes, token_ids, lora_name)
+
+    def _emit_stored(
+        self,
+        run: list[int],
+        first: int,
+        block_hashes: Sequence[int],
+        token_ids: Sequence[int],
+        lora_name: str | None,
+    ) -> None:
+        if not run or not self.record_events:
+            return
+        bs = self.block_size
+        parent = block_hashes[first - 1] if first > 0 else None
+        tokens = list(token_ids[first * bs : (first + len(run)) * bs])
+        self.events.append(BlockStored(run, parent, tokens, bs, lora_name))
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached hash; only possible when no block is referenced (vLLM's rule)."""
+        if self.free_queue.num_free != self.num_blocks - 1:
+            return False
+        for block in self.cached.values():
+            block.block_hash = None
+        self.cached.clear()
+        if self.record_events:
+            self.events.append(AllBlocksCleared())
+        return True
+
+    def drain_events(self) -> list[KVEvent]:
+        events, self.events = self.events, []
+        return events

@@ -1,0 +1,204 @@
+"""vLLM V1's scheduling step: one token budget, running requests first, then waiting ones.
+
+* RUNNING requests, oldest first, each get their next token (decode) or their next prefill chunk;
+  chunked prefill is always on.
+* When a request needs a block and none is free, the newest running request (under the priority
+  policy: the one with the largest (priority, arrival)) is preempted: its blocks are freed (their
+  hashes stay cached), its progress is reset, and it goes back to the front of WAITING, to be
+  recomputed later. If the victim is the request itself, it stops there.
+* Then, unless something was preempted in this step, WAITING requests are admitted in order while
+  the budget, ``max_num_seqs`` and free blocks allow; each first looks up its longest cached prefix
+  (at most ``num_tokens - 1`` tokens: the last token is always computed).
+* Blocks become cached as soon as a step that fills them is scheduled (vLLM's ``cache_blocks``
+  inside ``allocate_slots``), prompt and generated tokens alike.
+"""
+
+from __future__ import annotations
+
+from sluice.sim.block_pool import BlockPool
+from sluice.sim.request import EngineStats
+from sluice.sim.sequence import Sequence, Status
+from sluice.sim.waiting_queue import make_waiting_queue
+
+
+class Batch:
+    """The requests of one step (each with ``num_scheduled`` set) and the step's cost inputs."""
+
+    __slots__ = ("attention_work", "context_tokens", "num_tokens", "seqs")
+
+    def __init__(self) -> None:
+        self.seqs: list[Sequence] = []
+        self.num_tokens = 0  # T: tokens computed in the step
+        self.context_tokens = 0  # C: KV entries read, Σ (computed + new)
+        self.attention_work = 0.0  # Σ new·(computed + new/2)
+
+    def add(self, seq: Sequence, n: int) -> None:
+        c = seq.num_computed_tokens
+        seq.num_scheduled = n
+        self.seqs.append(seq)
+        self.num_tokens += n
+        self.context_tokens += c + n
+        self.attention_work += n * (c + n * 0.5)
+
+    def drop(self, seq: Sequence) -> None:
+        n = seq.num_scheduled
+        c = seq.num_computed_tokens
+        self.seqs.remove(seq)
+        self.num_tokens -= n
+        self.context_tokens -= c + n
+        self.attention_work -= n * (c + n * 0.5)
+        seq.num_scheduled = 0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        pool: BlockPool,
+        stats: EngineStats,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        policy: str = "fcfs",
+    ) -> None:
+        self.pool = pool
+        self.stats = stats
+        self.block_size = pool.block_size
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.policy = policy
+        self.caching = pool.enable_caching
+        self.waiting = make_waiting_queue(policy)
+        self.running: list[Sequence] = []
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = Status.WAITING
+        self.waiting.push(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.running) or len(self.waiting) > 0
+
+    # -- one step -----------------------------------------------------------------------------
+
+    def schedule(self, now: float) -> Batch:
+        batch = Batch()
+        budget = self.max_num_batched_tokens
+        preempted = False
+        running = self.running
+        bs = self.block_size
+        pool = self.pool
+        free_queue = pool.free_queue
+        i = 0
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            computed = seq.num_computed_tokens
+            n = seq.num_tokens - computed
+            if n > budget:
+                n = budget
+            end = computed + n
+            table = seq.block_table
+            need = (end + bs - 1) // bs - len(table)
+            if need > 0:
+                if need > free_queue.num_free:
+                    preempted = True
+                    if not self._make_room(seq, need, batch):
+                        break  # the request itself was the victim: nothing after it runs
+                    i = running.index(seq)
+                if need == 1:
+                    table.append(pool.allocate_one())
+                else:
+                    table.extend(pool.allocate(need))
+            if self.caching and end // bs > seq.num_cached_blocks:
+                self._cache(seq, end // bs)
+            batch.add(seq, n)
+            budget -= n
+            i += 1
+        if not preempted:
+            self._admit_waiting(batch, budget, now)
+        return batch
+
+    def _make_room(self, seq: Sequence, need: int, batch: Batch) -> bool:
+        """Preempt until ``need`` blocks are free; False when ``seq`` itself had to go."""
+        while need > self.pool.free_queue.num_free:
+            victim = self._pick_victim()
+            if victim.num_scheduled and victim in batch.seqs:
+                batch.drop(victim)
+            self.preempt(victim)
+            if victim is seq:
+                return False
+        return True
+
+    def _pick_victim(self) -> Sequence:
+        if self.policy == "priority":
+            return max(self.running, key=lambda s: (s.priority, s.arrival_order))
+        return self.running[-1]
+
+    def preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.pool.free(seq.block_table)
+        seq.reset_for_recompute()
+        seq.num_scheduled = 0
+        seq.status = Status.WAITING
+        self.waiting.push_front(seq)
+        self.stats.num_preemptions_total += 1
+
+    def _admit_waiting(self, batch: Batch, budget: int, now: float) -> None:
+        waiting = self.waiting
+        pool = self.pool
+        bs = self.block_size
+        while len(waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = waiting.peek()
+            hits = pool.lookup(seq.block_hashes, (seq.num_tokens - 1) // bs) if self.caching else []
+            hit_tokens = len(hits) * bs
+            n = min(seq.num_tokens - hit_tokens, budget)
+            new_blocks = (hit_tokens + n + bs - 1) // bs - len(hits)
+            idle_hits = sum(1 for b in hits if b.ref_cnt == 0)
+            if new_blocks + idle_hits > pool.free_queue.num_free:
+                break
+            waiting.pop()
+            pool.touch(hits)
+            seq.block_table = hits + pool.allocate(new_blocks) if new_blocks else hits
+            seq.num_computed_tokens = hit_tokens
+            seq.num_cached_blocks = len(hits)
+            if not seq.was_preempted:
+                self.stats.prefix_cache_queries_total += seq.num_tokens
+                self.stats.prefix_cache_hits_total += hit_tokens
+                seq.num_cached_tokens = hit_tokens
+                seq.timing.first_scheduled = now
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            end = hit_tokens + n
+            if self.caching and end // bs > seq.num_cached_blocks:
+                self._cache(seq, end // bs)
+            batch.add(seq, n)
+            budget -= n
+
+    def _cache(self, seq: Sequence, num_full: int) -> None:
+        self.pool.cache_blocks(
+            seq.block_table,
+            seq.block_hashes,
+            seq.num_cached_blocks,
+            num_full,
+            seq.token_ids,
+            seq.lora_name,
+        )
+        seq.num_cached_blocks = num_full
+
+    # -- leaving ------------------------------------------------------------------------------
+
+    def release(self, seq: Sequence) -> None:
+        """A request finished or was aborted: give its blocks back, take it out of the queues."""
+        if seq.status is Status.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is Status.WAITING:
+            self.waiting.remove(seq)
+        self.pool.free(seq.block_table)
+        seq.block_table = []
+        seq.status = Status.FINISHED
+
+    def release_finished(self, finished: list[Sequence]) -> None:
+        """Batch form of ``release`` for requests that finished in a step (all RUNNING)."""
+        free = self.pool.free
+        for seq in finished:
+            free(seq.block_table)
+            seq.block_table = []
+            seq.status = Status.FINISHED
+        self.running = [s for s in self.running if s.status is Status.RUNNING]
