@@ -57,6 +57,9 @@ class SLO:
         return tpot is None or tpot <= self.itl
 
 
+DEFAULT_SLO = SLO()
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default); NaN for no values."""
     if not 0 <= q <= 100:
@@ -144,7 +147,7 @@ def _mean(values: Sequence[float]) -> float:
 
 def summarize(
     records: Sequence[RequestRecord],
-    slo: SLO = SLO(),
+    slo: SLO = DEFAULT_SLO,
     itl_hist: LogHistogram | None = None,
     prefix_hit_rate: float | None = None,
 ) -> Summary:

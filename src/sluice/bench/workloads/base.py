@@ -21,10 +21,14 @@ _MASK = (1 << 64) - 1
 
 @dataclass(frozen=True, slots=True)
 class TokenSpace:
-    """The token ids a workload may use: ``low <= id < high`` (no special tokens)."""
+    """The token ids a workload may use: ``low <= id < high``.
 
-    low: int = 1000
-    high: int = 30000
+    The default is the simulator word tokenizer's multi-syllable word ids (80 to 127,999): no
+    special tokens, and ``encode(decode(ids)) == ids``, so rendered text has the exact length.
+    """
+
+    low: int = 80
+    high: int = 128000
 
     @property
     def size(self) -> int:

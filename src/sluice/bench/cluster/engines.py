@@ -1,0 +1,61 @@
+"""The cluster simulator's view of one simulated engine (``sluice.sim.engine.Engine``)."""
+
+from __future__ import annotations
+
+from sluice.bench.workloads.base import WorkloadRequest
+from sluice.routing.endpoint import EndpointState
+from sluice.sim.engine import Engine, EngineConfig
+from sluice.sim.request import RequestOutput, SamplingParams, SimRequest
+
+
+class EngineHandle:
+    """Adds requests at a virtual time, steps, and reports what a metrics scrape would."""
+
+    __slots__ = ("block_size", "engine", "num_blocks")
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        cfg = engine.config
+        self.block_size = int(getattr(cfg, "block_size", 16))
+        self.num_blocks = int(getattr(engine, "num_gpu_blocks", 0) or 0)
+
+    def add(self, req: WorkloadRequest, t: float) -> None:
+        """Raises ``sluice.sim.request.RequestError`` for a request the engine refuses."""
+        engine = self.engine
+        if not engine.has_unfinished() and t > engine.now:
+            engine.advance_to(t)
+        engine.add_request(
+            SimRequest(
+                request_id=req.request_id,
+                prompt_token_ids=list(req.prompt),
+                sampling=SamplingParams(max_tokens=req.max_tokens, ignore_eos=True),
+                arrival_time=t,
+            )
+        )
+
+    def step(self, t: float) -> tuple[float, list[RequestOutput]]:
+        engine = self.engine
+        if engine.now < t:
+            engine.advance_to(t)
+        out = engine.step()
+        return out.duration, out.outputs
+
+    def has_work(self) -> bool:
+        return self.engine.has_unfinished()
+
+    def refresh(self, state: EndpointState) -> None:
+        stats = self.engine.stats
+        state.running = stats.num_running
+        state.waiting = stats.num_waiting
+        state.kv_usage = stats.kv_cache_usage
+        state.block_size = self.block_size
+        state.num_blocks = self.num_blocks
+
+    def prefix_counters(self) -> tuple[int, int]:
+        stats = self.engine.stats
+        return stats.prefix_cache_queries_total, stats.prefix_cache_hits_total
+
+
+def make_engines(count: int, config: object | None = None) -> list[EngineHandle]:
+    cfg = config if config is not None else EngineConfig()
+    return [EngineHandle(Engine(cfg)) for _ in range(count)]  # type: ignore[arg-type]

@@ -1,0 +1,43 @@
+"""Reading engines' Prometheus ``/metrics``: the few vLLM series a benchmark needs."""
+
+from __future__ import annotations
+
+import re
+
+import aiohttp
+
+QUERIES = "vllm:prefix_cache_queries_total"
+HITS = "vllm:prefix_cache_hits_total"
+RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
+
+_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+
+def parse_sums(text: str, names: tuple[str, ...] = (QUERIES, HITS, RUNNING, WAITING)) -> dict:
+    """Sum of each named series over all its label sets (engines, models)."""
+    wanted = set(names)
+    sums = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        m = _LINE.match(line)
+        if m and m.group(1) in wanted:
+            try:
+                sums[m.group(1)] += float(m.group(3))
+            except ValueError:
+                continue
+    return sums
+
+
+async def scrape(session: aiohttp.ClientSession, url: str, timeout: float = 5.0) -> dict:
+    """``parse_sums`` of ``url``/metrics; empty on any failure (an engine may be down)."""
+    try:
+        async with session.get(
+            url.rstrip("/") + "/metrics", timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as resp:
+            if resp.status != 200:
+                return {}
+            return parse_sums(await resp.text())
+    except (aiohttp.ClientError, TimeoutError):
+        return {}
