@@ -11,8 +11,9 @@ Pure: the ZMQ subscriber (``sluice.upstream.kv_events``) decodes the wire and ca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sluice.routing.hashing import chain_block, root_hash, token_block_bytes
 from sluice.routing.prefix_index import PrefixIndex
@@ -66,13 +67,20 @@ class KvEventMirror:
         self.stats = MirrorStats()
         self._maps: dict[str, _EndpointMap] = {}
 
-    def apply(self, endpoint_id: str, event: KvEvent) -> None:
-        if isinstance(event, BlockStored):
+    def apply(self, endpoint_id: str, event: KvEvent | Any) -> None:
+        """Apply one event: these classes, or any with the same name and fields (the wire
+        decoder's and the simulator's), so no layer needs to convert."""
+        kind = type(event).__name__
+        if kind == "BlockStored":
             self._stored(endpoint_id, event)
-        elif isinstance(event, BlockRemoved):
+        elif kind == "BlockRemoved":
             self._removed(endpoint_id, event.block_hashes)
-        elif isinstance(event, AllBlocksCleared):
+        elif kind == "AllBlocksCleared":
             self.clear(endpoint_id)
+
+    def apply_all(self, endpoint_id: str, events: Iterable[KvEvent | Any]) -> None:
+        for event in events:
+            self.apply(endpoint_id, event)
 
     def clear(self, endpoint_id: str) -> None:
         """Forget everything about one endpoint (cache reset, or a gap in the event stream)."""
@@ -84,7 +92,7 @@ class KvEventMirror:
         m = self._maps.get(endpoint_id)
         return 0 if m is None else len(m.engine)
 
-    def _stored(self, endpoint_id: str, ev: BlockStored) -> None:
+    def _stored(self, endpoint_id: str, ev: BlockStored | Any) -> None:
         m = self._maps.setdefault(endpoint_id, _EndpointMap())
         if ev.parent_block_hash is None:
             parent = root_hash(ev.lora_name)

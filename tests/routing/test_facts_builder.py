@@ -1,0 +1,111 @@
+"""Facts: the whole rendered conversation, exact or approximate, hashes the engine agrees with."""
+
+from __future__ import annotations
+
+import pytest
+
+from sluice.routing.config import RoutingConfig, build_routing
+from sluice.routing.facts_builder import FactsBuilder, SessionKeySource
+from sluice.routing.hashing import hash_token_blocks
+from sluice.sim import block_hash as sim_block_hash
+from sluice.sim.tokenizer import WordTokenizer, render_llama3_chat
+
+CHAT = [
+    {"role": "system", "content": "You are a careful assistant. " * 10},
+    {"role": "user", "content": "Tell me about rivers and lakes. " * 8},
+]
+
+
+def _headers(values: dict[str, str]):
+    return lambda name: values.get(name)
+
+
+def test_routing_hashes_equal_the_simulated_engine_hashes() -> None:
+    tokens = list(range(1000, 1000 + 16 * 9 + 5))
+    assert hash_token_blocks(tokens, 16) == sim_block_hash.hash_token_blocks(tokens, 16)
+    assert hash_token_blocks(tokens, 16, extra_key="sql") == sim_block_hash.hash_token_blocks(
+        tokens, 16, lora_name="sql"
+    )
+
+
+def test_llama3_template_matches_the_engine_rendering() -> None:
+    builder = FactsBuilder()
+    assert builder.prompt({"messages": CHAT}) == render_llama3_chat(CHAT)
+
+
+def test_exact_facts_use_the_tokenizer_and_engine_block_size() -> None:
+    tok = WordTokenizer()
+    builder = FactsBuilder(tok.encode, block_size=16)
+    facts = builder.build({"model": "m", "messages": CHAT, "max_tokens": 7})
+    ids = tok.encode(render_llama3_chat(CHAT))
+    assert facts.prompt_tokens == len(ids)
+    assert list(facts.block_hashes) == sim_block_hash.hash_token_blocks(ids, 16)
+    assert facts.max_tokens == 7 and builder.tokens_per_block == 16
+    builder.build({"model": "m", "messages": CHAT})
+    assert builder.cache.hits == 1 and builder.cache.misses == 1
+
+
+def test_the_whole_conversation_counts_not_the_first_message() -> None:
+    builder = FactsBuilder()
+    one = builder.build({"model": "m", "messages": CHAT})
+    two = builder.build(
+        {
+            "model": "m",
+            "messages": [
+                *CHAT,
+                {"role": "assistant", "content": "Rivers flow to the sea. " * 6},
+                {"role": "user", "content": "And lakes? " * 12},
+            ],
+        }
+    )
+    assert two.prompt_tokens > one.prompt_tokens
+    assert len(two.block_hashes) > len(one.block_hashes)
+    # the next turn extends the previous one: every full block of turn one is shared
+    shared = len(one.block_hashes) - 1  # the last may straddle the generation prompt
+    assert list(two.block_hashes[:shared]) == list(one.block_hashes[:shared])
+
+
+def test_approximate_facts_estimate_tokens_from_bytes() -> None:
+    builder = FactsBuilder(text_block_bytes=64)
+    facts = builder.build({"model": "m", "prompt": "x" * 640})
+    assert facts.prompt_tokens == 160 and len(facts.block_hashes) == 10
+    assert builder.tokens_per_block == 16
+    ids = builder.build({"model": "m", "prompt": list(range(40))})
+    assert ids.prompt_tokens == 40 and len(ids.block_hashes) == 2
+
+
+def test_adapter_session_kind_and_version_come_from_the_request() -> None:
+    builder = FactsBuilder(session=SessionKeySource(header="x-session-id", jwt_claim="sub"))
+    body = {"model": "llama:sql", "messages": CHAT, "user": "u1"}
+    facts = builder.build(body, _headers({"x-sluice-kind": "Batch"}), request_id="r1")
+    assert (facts.model, facts.adapter, facts.kind) == ("llama", "sql", "batch")
+    assert facts.session_key == "u1" and facts.request_id == "r1"
+    plain = builder.build({"model": "llama", "messages": CHAT})
+    assert plain.block_hashes[0] != facts.block_hashes[0]  # adapters partition the cache
+    by_field = builder.build({"model": "llama", "adapter": "sql", "messages": CHAT})
+    assert by_field.adapter == "sql"
+    claims = builder.build(body, claims={"sub": "alice"})
+    assert claims.session_key == "alice"
+    header = builder.build(body, _headers({"x-session-id": "s9"}), claims={"sub": "alice"})
+    assert header.session_key == "s9"
+    pinned = builder.build(body, _headers({"x-sluice-model-version": "llama-v2"}))
+    assert pinned.version_override == "llama-v2"
+
+
+def test_build_routing_keeps_block_units_consistent() -> None:
+    facts, router, index = build_routing(RoutingConfig())
+    assert index is not None and index.tokens_per_block == facts.tokens_per_block == 16
+    assert router.policy.name == "cost_model"
+    tok = WordTokenizer()
+    cfg = RoutingConfig.model_validate(
+        {"prefix_index": {"mode": "precise", "block_size": 32}, "policy": "prefix_affinity"}
+    )
+    facts, router, index = build_routing(cfg, tok.encode)
+    assert index is not None and index.tokens_per_block == 32 == facts.block_size
+    assert router.policy.learn is False  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="tokenizer"):
+        build_routing(cfg)
+    _, router, index = build_routing(RoutingConfig(policy="round_robin"))
+    assert index is None
+    with pytest.raises(ValueError):
+        RoutingConfig.model_validate({"pools": [{"pool": "a", "when_full": "drop"}]})
