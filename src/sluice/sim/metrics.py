@@ -156,6 +156,20 @@ class _EngineCollector(Collector):
         return gauge
 
 
+class _WithoutCreated(Collector):
+    """Histograms without their ``_created`` samples: the 0.0.4 text parser would read each one
+    as a separate gauge family, and vLLM's scrapers do not use them."""
+
+    def __init__(self) -> None:
+        self.metrics: list[Histogram] = []
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self.metrics:
+            for family in metric.collect():
+                family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+                yield family
+
+
 class EngineMetrics:
     """The metrics of one engine server; ``render()`` is the ``/metrics`` body."""
 
@@ -174,11 +188,12 @@ class EngineMetrics:
         cache_labels = {k: str(v) for k, v in cache_config.items()}
         cache_labels["engine"] = str(engine_index)
         self.registry.register(_EngineCollector(stats, labels, cache_labels, lora_state))
+        histograms = _WithoutCreated()
+        self.registry.register(histograms)
 
         def histogram(name: str, doc: str, buckets: Sequence[float]) -> Any:
-            metric = Histogram(
-                name, doc, ["model_name", "engine"], registry=self.registry, buckets=buckets
-            )
+            metric = Histogram(name, doc, ["model_name", "engine"], registry=None, buckets=buckets)
+            histograms.metrics.append(metric)
             return metric.labels(*labels)
 
         token_buckets = buckets_1_2_5(max_model_len)
