@@ -1,0 +1,174 @@
+"""POST /v1/chat/completions and /v1/completions, as raw ASGI (the hot path).
+
+Stages, in order: parse -> admit (hooks) -> route + proxy -> settle (hooks, exactly once).
+A client disconnect cancels the request where it stands (the upstream connection is closed, so
+the engine aborts); it still settles, with status 499 and outcome ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import Any
+
+from sluice.api.context import CANCELLED, OK, REJECTED, UPSTREAM_ERROR, RequestContext
+from sluice.api.errors import ApiError, error_body
+from sluice.api.gateway import Gateway
+from sluice.api.parse import parse_into, read_body
+from sluice.api.proxy import proxy
+
+Scope = dict[str, Any]
+Receive = Any
+Send = Any
+
+_MAX_REQUEST_ID = 128
+
+
+class CompletionsHandler:
+    def __init__(self, gateway: Gateway, path: str) -> None:
+        self.gw = gateway
+        self.path = path
+        self._limit = gateway.config.server.max_body_bytes
+        self._log_requests = gateway.config.logging.requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw = self.gw
+        headers = dict(scope["headers"])
+        client = scope.get("client")
+        ctx = RequestContext(
+            request_id=_request_id(headers.get(b"x-request-id")),
+            path=self.path,
+            headers=headers,
+            client=client[0] if client else None,
+            started=gw.clock(),
+            started_wall=time.time(),
+        )
+        gw.metrics.in_flight += 1
+        watcher: asyncio.Task[None] | None = None
+        try:
+            try:
+                try:
+                    ctx.raw_body = await read_body(scope, receive, self._limit)
+                    parse_into(ctx, ctx.raw_body)
+                    watcher = asyncio.get_running_loop().create_task(
+                        _watch_disconnect(receive, ctx, asyncio.current_task())
+                    )
+                    await self._admit(ctx)
+                    if not gw.known_model(ctx.model):
+                        raise ApiError(
+                            404, f"The model `{ctx.model}` does not exist.", param="model"
+                        )
+                    ctx.facts = gw.facts_builder(ctx)
+                    await proxy(gw, ctx, send)
+                except ApiError as err:
+                    await _fail(ctx, send, err)
+                except Exception as exc:
+                    gw.log.exception("request_failed", request_id=ctx.request_id)
+                    await _fail(ctx, send, ApiError(500, f"internal error ({type(exc).__name__})"))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not ctx.client_gone or task is None:
+                    raise
+                task.uncancel()
+                ctx.status, ctx.outcome = 499, CANCELLED
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            ctx.finished_at = gw.clock()
+            gw.metrics.in_flight -= 1
+        if ctx.model:
+            await self._settle(ctx)
+        self._record(ctx)
+
+    async def _admit(self, ctx: RequestContext) -> None:
+        for hook in self.gw.hooks.admit:
+            await hook(ctx)
+        ctx.admitted = True
+
+    async def _settle(self, ctx: RequestContext) -> None:
+        for hook in self.gw.hooks.settle:
+            try:
+                await hook(ctx)
+            except Exception:
+                self.gw.log.exception("settle_hook_failed", request_id=ctx.request_id)
+
+    def _record(self, ctx: RequestContext) -> None:
+        gw = self.gw
+        endpoint = ctx.endpoint.id if ctx.endpoint is not None else "none"
+        usage = ctx.usage
+        e2e = ctx.e2e or 0.0
+        model = ctx.model or "unknown"
+        gw.metrics.observe_request(
+            model,
+            endpoint,
+            ctx.status,
+            e2e,
+            ctx.ttft,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_tokens,
+        )
+        if self._log_requests:
+            ttft = ctx.ttft
+            gw.request_log.info(
+                "request",
+                request_id=ctx.request_id,
+                path=ctx.path,
+                model=model,
+                stream=ctx.stream,
+                endpoint=endpoint,
+                attempts=ctx.attempts,
+                status=ctx.status,
+                outcome=ctx.outcome,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cached_tokens=usage.cached_tokens,
+                ttft_ms=None if ttft is None else round(ttft * 1000, 3),
+                e2e_ms=round(e2e * 1000, 3),
+                tenant=ctx.tenant,
+                error=ctx.error,
+            )
+
+
+async def _fail(ctx: RequestContext, send: Send, err: ApiError) -> None:
+    ctx.status = err.status
+    ctx.error = err.message
+    if not ctx.outcome or ctx.outcome == OK:
+        ctx.outcome = UPSTREAM_ERROR if err.status in (502, 504) else REJECTED
+    if err.status == 499:
+        ctx.outcome = CANCELLED
+        return
+    if ctx.response_started:
+        return
+    ctx.response_started = ctx.response_done = True
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"x-request-id", ctx.request_id.encode()),
+        *err.headers,
+        *ctx.response_headers,
+    ]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    body = error_body(err.message, err.type, err.param, err.code)
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _watch_disconnect(
+    receive: Receive, ctx: RequestContext, task: asyncio.Task[Any] | None
+) -> None:
+    """Cancel the request the moment its client goes away (unless the answer is complete)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if not ctx.response_done and task is not None:
+                ctx.client_gone = True
+                task.cancel()
+            return
+
+
+def _request_id(given: bytes | None) -> str:
+    if given:
+        value = given.decode("latin-1")
+        if len(value) <= _MAX_REQUEST_ID and value.isprintable():
+            return value
+    return secrets.token_hex(16)

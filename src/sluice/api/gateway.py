@@ -1,0 +1,90 @@
+"""The Gateway: the long-lived parts (fleet, policy, engine client, metrics, hooks) and their
+background loops (health probes, metrics scraper). The ASGI app is built around one instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from sluice.api.facts import FactsBuilder, estimate_facts
+from sluice.api.hooks import Hooks
+from sluice.config import ModelConfig, SluiceConfig
+from sluice.routing import EndpointState, Policy, make_policy
+from sluice.telemetry.logs import get_logger
+from sluice.telemetry.metrics import GatewayMetrics
+from sluice.upstream.client import EngineClient
+from sluice.upstream.fleet import Fleet, endpoints_from_config
+from sluice.upstream.health import HealthProber
+from sluice.upstream.scraper import MetricsScraper
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: SluiceConfig,
+        *,
+        hooks: Hooks | None = None,
+        policy: Policy | None = None,
+        facts_builder: FactsBuilder | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = time.monotonic
+        self.metrics = GatewayMetrics(lambda: self.fleet.states)
+        self.fleet = Fleet(
+            endpoints_from_config(config.endpoints),
+            config.health,
+            clock=self.clock,
+            on_eject=self._ejected,
+        )
+        self.policy = policy or make_policy(config.routing.policy, **config.routing.options)
+        self.client = EngineClient(config.upstream)
+        self.hooks = hooks or Hooks()
+        self.facts_builder = facts_builder or estimate_facts
+        self.models: dict[str, ModelConfig] = {m.name: m for m in config.models}
+        self.prober = HealthProber(self.client, self.fleet, config.health)
+        self.scraper = MetricsScraper(
+            self.client, self.fleet.states, config.scraper.interval_s, config.scraper.timeout_s
+        )
+        self.request_log = get_logger("sluice.request")
+        self.log = get_logger("sluice.gateway")
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.client.start()
+        # One probe round first, so /v1/models and routing know the engines' models at once.
+        await self.prober.probe_once()
+        self._tasks.append(asyncio.create_task(self.prober.run(), name="sluice-health"))
+        if self.config.scraper.enabled:
+            self._tasks.append(asyncio.create_task(self.scraper.run(), name="sluice-scraper"))
+        self.log.info(
+            "gateway_started",
+            endpoints=[s.endpoint.url for s in self.fleet.states],
+            policy=self.config.routing.policy,
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.client.close()
+
+    def known_model(self, model: str) -> bool:
+        """Configured, served by an engine, or possibly served (an engine with no known list)."""
+        if model in self.models:
+            return True
+        return any(not s.endpoint.models or model in s.endpoint.models for s in self.fleet.states)
+
+    def _ejected(self, state: EndpointState) -> None:
+        self.metrics.ejections.labels(state.id).inc()
+        self.log.warning(
+            "endpoint_ejected",
+            endpoint=state.id,
+            url=state.endpoint.url,
+            failures=state.consecutive_failures,
+            seconds=round(state.ejected_until - self.clock(), 3),
+        )

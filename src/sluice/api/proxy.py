@@ -1,0 +1,229 @@
+"""Route and proxy one request: pick an endpoint, send, stream the answer back as bytes.
+
+Retries happen only while nothing has reached the client (connect error or timeout, a 502/503
+from the engine, or a connection that dies before its first body byte), on an endpoint not yet
+tried, at most ``upstream.max_retries`` times. After the first byte there is no retry: a failing
+stream ends with an SSE error event; a failing non-stream gets a 502.
+
+Load accounting: every attempt is ``begin`` ... ``end`` on its endpoint, in a ``finally``, so
+success, error, retry and cancellation all balance.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from sluice.api.context import OK, UPSTREAM_ERROR, RequestContext
+from sluice.api.errors import ApiError, sse_error_event
+from sluice.api.gateway import Gateway
+from sluice.routing import EndpointState, NoEndpointError
+from sluice.upstream.client import TRANSPORT_ERRORS, UpstreamError, failure_reason
+from sluice.upstream.sse import StreamTap
+
+Send = Any  # ASGI send callable
+
+_RETRY_STATUSES = frozenset((502, 503))
+_SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+_EWMA = 0.2
+
+
+class _Retryable(Exception):
+    """This attempt failed before anything reached the client."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+async def proxy(gw: Gateway, ctx: RequestContext, send: Send) -> None:
+    facts = ctx.facts
+    assert facts is not None
+    body = ctx.upstream_body()
+    tried: list[EndpointState] = []
+    last: _Retryable | None = None
+    for attempt in range(gw.config.upstream.max_retries + 1):
+        candidates = gw.fleet.candidates(ctx.model)
+        if tried:
+            candidates = [c for c in candidates if c not in tried]
+        started = time.perf_counter()
+        try:
+            decision = gw.policy.pick(facts, candidates, gw.clock())
+        except NoEndpointError:
+            break
+        finally:
+            gw.metrics.decision.observe(time.perf_counter() - started)
+        state = decision.endpoint
+        ctx.decision, ctx.endpoint, ctx.attempts = decision, state, attempt + 1
+        try:
+            await _attempt(gw, ctx, state, body, send)
+            return
+        except _Retryable as failure:
+            last = failure
+            tried.append(state)
+            gw.metrics.retries.labels(state.id, failure.reason).inc()
+    if last is not None:
+        ctx.outcome = UPSTREAM_ERROR
+        raise ApiError(502, f"no engine could answer the request (last error: {last})")
+    raise ApiError(
+        503,
+        f"no healthy endpoint serves model {ctx.model!r}; retry later",
+        headers=[(b"retry-after", str(gw.fleet.retry_after()).encode())],
+    )
+
+
+async def _attempt(
+    gw: Gateway, ctx: RequestContext, state: EndpointState, body: bytes, send: Send
+) -> None:
+    facts = ctx.facts
+    assert facts is not None
+    prefill = facts.prompt_tokens
+    state.begin(prefill)
+    gw.policy.on_dispatch(facts, state, gw.clock())
+    ok = False
+    response: aiohttp.ClientResponse | None = None
+    try:
+        try:
+            response = await gw.client.post(state.endpoint.url + ctx.path, body, ctx.request_id)
+        except UpstreamError as exc:
+            gw.fleet.record_failure(state)
+            raise _Retryable(exc.reason, f"{state.id}: {exc}") from None
+        if response.status in _RETRY_STATUSES:
+            gw.fleet.record_failure(state)
+            raise _Retryable(f"status_{response.status}", f"{state.id}: HTTP {response.status}")
+        if ctx.stream and response.status == 200:
+            await _stream(gw, ctx, state, response, send)
+        else:
+            await _whole(gw, ctx, state, response, send)
+        ok = ctx.outcome == OK
+    finally:
+        if response is not None:
+            # An unfinished response is closed, not pooled: the engine sees the disconnect and
+            # aborts the request, freeing its KV cache.
+            if ok:
+                response.release()
+            else:
+                response.close()
+        state.end(prefill, prefill_done=ctx.first_byte_at is not None)
+        gw.policy.on_complete(facts, state, gw.clock(), ctx.ttft, ok)
+
+
+async def _whole(
+    gw: Gateway,
+    ctx: RequestContext,
+    state: EndpointState,
+    response: aiohttp.ClientResponse,
+    send: Send,
+) -> None:
+    """A non-streamed answer (or any non-200 answer): read it whole, pass it through."""
+    try:
+        data = await response.read()
+    except TRANSPORT_ERRORS as exc:
+        gw.fleet.record_failure(state)
+        raise _Retryable(failure_reason(exc), f"{state.id}: {type(exc).__name__}") from None
+    status = response.status
+    if status >= 500:
+        gw.fleet.record_failure(state)
+    else:
+        gw.fleet.record_success(state)
+    if status == 200:
+        _usage_from_body(ctx, data)
+    ctx.status = status
+    ctx.outcome = OK
+    ctx.response_started = ctx.response_done = True
+    content_type = response.headers.get("Content-Type", "application/json").encode("latin-1")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": _headers(gw, ctx, content_type),
+        }
+    )
+    await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+async def _stream(
+    gw: Gateway,
+    ctx: RequestContext,
+    state: EndpointState,
+    response: aiohttp.ClientResponse,
+    send: Send,
+) -> None:
+    """Pass an SSE stream through, noting the first byte and the usage on the way."""
+    content = response.content
+    try:
+        first = await content.readany()
+    except TRANSPORT_ERRORS as exc:
+        gw.fleet.record_failure(state)
+        raise _Retryable(failure_reason(exc), f"{state.id}: {type(exc).__name__}") from None
+    if not first:
+        gw.fleet.record_failure(state)
+        raise _Retryable("empty", f"{state.id}: stream ended before its first byte")
+    now = gw.clock()
+    ctx.first_byte_at = now
+    state.first_token(ctx.facts.prompt_tokens if ctx.facts else 0)
+    ttft = now - ctx.started
+    state.ttft_ewma = (
+        ttft if state.ttft_ewma is None else state.ttft_ewma + _EWMA * (ttft - state.ttft_ewma)
+    )
+    tap = StreamTap(strip_usage=not ctx.client_wants_usage)
+    ctx.status = 200
+    ctx.response_started = True
+    content_type = response.headers.get("Content-Type", "text/event-stream").encode("latin-1")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": _headers(gw, ctx, content_type) + _SSE_HEADERS,
+        }
+    )
+    out = tap.feed(first)
+    if out:
+        await send({"type": "http.response.body", "body": out, "more_body": True})
+    try:
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                break
+            out = tap.feed(chunk)
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+    except TRANSPORT_ERRORS as exc:
+        # After the first byte: never retry. Tell the client in-band, then close.
+        gw.fleet.record_failure(state)
+        ctx.outcome = UPSTREAM_ERROR
+        ctx.error = f"{state.id}: stream failed after the first byte ({failure_reason(exc)})"
+        if tap.usage is not None:
+            ctx.usage.update(tap.usage)
+        ctx.response_done = True
+        event = sse_error_event("the engine failed while streaming the response")
+        await send({"type": "http.response.body", "body": event, "more_body": False})
+        return
+    gw.fleet.record_success(state)
+    ctx.outcome = OK
+    if tap.usage is not None:
+        ctx.usage.update(tap.usage)
+    ctx.response_done = True
+    await send({"type": "http.response.body", "body": tap.flush(), "more_body": False})
+
+
+def _usage_from_body(ctx: RequestContext, data: bytes) -> None:
+    try:
+        usage = orjson.loads(data).get("usage")
+    except (orjson.JSONDecodeError, AttributeError):
+        return
+    if isinstance(usage, dict):
+        ctx.usage.update(usage)
+
+
+def _headers(gw: Gateway, ctx: RequestContext, content_type: bytes) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", content_type), (b"x-request-id", ctx.request_id.encode())]
+    if ctx.response_headers:
+        headers.extend(ctx.response_headers)
+    if gw.config.server.debug_route_header and ctx.decision is not None:
+        explained = ctx.decision.explain().encode("latin-1", "replace")
+        headers.append((b"x-sluice-route", explained))
+    return headers
