@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sluice.routing.config import RoutingConfig
+
 ENV_PREFIX = "SLUICE__"
 # Short names for the settings people change most; each maps to a dotted path.
 ENV_SHORTCUTS = {
@@ -79,11 +81,6 @@ class ScraperConfig(Section):
     timeout_s: float = Field(1.0, gt=0)
 
 
-class RoutingConfig(Section):
-    policy: str = "least_load"
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
 class LoggingConfig(Section):
     level: str = "info"
     # One JSON line per request on stdout.
@@ -133,6 +130,8 @@ class SluiceConfig(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     models: list[ModelConfig] = Field(default_factory=list)
     endpoints: list[EndpointConfig] = Field(default_factory=list)
+    # LoRA adapter name -> path on the engines, for loading an adapter where routing asks.
+    adapters: dict[str, str] = Field(default_factory=dict)
 
 
 def load_config(

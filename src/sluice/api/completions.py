@@ -55,11 +55,11 @@ class CompletionsHandler:
                         _watch_disconnect(receive, ctx, asyncio.current_task())
                     )
                     await self._admit(ctx)
-                    if not gw.known_model(ctx.model):
+                    ctx.facts = gw.facts_builder(ctx)
+                    if not gw.known_model(ctx.facts.model):
                         raise ApiError(
                             404, f"The model `{ctx.model}` does not exist.", param="model"
                         )
-                    ctx.facts = gw.facts_builder(ctx)
                     await proxy(gw, ctx, send)
                 except ApiError as err:
                     await _fail(ctx, send, err)

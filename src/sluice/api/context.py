@@ -91,17 +91,22 @@ class RequestContext:
     def e2e(self) -> float | None:
         return None if self.finished_at is None else self.finished_at - self.started
 
-    def upstream_body(self) -> bytes:
+    def upstream_body(self, model: str | None = None) -> bytes:
         """The bytes sent to the engine: the client's own, unless something must change.
 
         Streams always ask the engine for usage so tokens are known; the extra chunk is removed
-        again on the way back when the client did not ask for it.
+        again on the way back when the client did not ask for it. ``model`` renames the model
+        (a version or LoRA adapter chosen by routing).
         """
-        if self.stream and not self.client_wants_usage:
-            options = self.body.get("stream_options")
+        inject_usage = self.stream and not self.client_wants_usage
+        if not (inject_usage or model or self.body_modified):
+            return self.raw_body
+        body = dict(self.body)
+        if inject_usage:
+            options = body.get("stream_options")
             merged = dict(options) if isinstance(options, dict) else {}
             merged["include_usage"] = True
-            return orjson.dumps({**self.body, "stream_options": merged})
-        if self.body_modified:
-            return orjson.dumps(self.body)
-        return self.raw_body
+            body["stream_options"] = merged
+        if model:
+            body["model"] = model
+        return orjson.dumps(body)

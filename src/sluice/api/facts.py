@@ -1,63 +1,50 @@
-"""Build ``RequestFacts`` from a parsed request: the one place routing inputs are extracted.
+"""Build ``RequestFacts`` for a request: the one place routing inputs are extracted.
 
-The default estimates prompt tokens as characters / 4 over every message's text. A tokenizer-based
-builder (exact counts, block hashes) replaces it through ``Gateway.facts_builder``.
+The work is the routing package's ``FactsBuilder`` (rendered prompt, exact token counts with a
+tokenizer or a bytes/4 estimate without, block hashes, adapter, session key); this module only
+feeds it the request context. ``Gateway.facts_builder`` may be replaced by any callable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from sluice.api.context import RequestContext
 from sluice.routing import RequestFacts
+from sluice.routing.config import RoutingConfig, build_facts_builder
+from sluice.routing.facts_builder import FactsBuilder
 
-FactsBuilder = Callable[[RequestContext], RequestFacts]
-
-CHARS_PER_TOKEN = 4
-
-
-def estimate_facts(ctx: RequestContext) -> RequestFacts:
-    body = ctx.body
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    return RequestFacts(
-        model=ctx.model,
-        prompt_tokens=max(1, prompt_chars(body) // CHARS_PER_TOKEN),
-        max_tokens=max_tokens if isinstance(max_tokens, int) else None,
-        session_key=_session_key(ctx),
-        priority=ctx.priority,
-        tenant=ctx.tenant,
-        stream=ctx.stream,
-        request_id=ctx.request_id,
-    )
+ContextFacts = Callable[[RequestContext], RequestFacts]
 
 
-def prompt_chars(body: dict[str, Any]) -> int:
-    """Characters of prompt text: every message content (text parts too), or the prompt field."""
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        total = 0
-        for message in messages:
-            content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, str):
-                total += len(content)
-            elif isinstance(content, list):
-                for part in content:
-                    if isinstance(part, dict) and isinstance(part.get("text"), str):
-                        total += len(part["text"])
-        return total
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        return len(prompt)
-    if isinstance(prompt, list):
-        # A list of strings, or of token ids (then each id is one token, i.e. CHARS_PER_TOKEN).
-        return sum(len(p) if isinstance(p, str) else CHARS_PER_TOKEN for p in prompt)
-    return 0
+def context_facts(builder: FactsBuilder) -> ContextFacts:
+    def build(ctx: RequestContext) -> RequestFacts:
+        return builder.build(
+            ctx.body,
+            ctx.header,
+            claims=ctx.extra.get("claims"),
+            request_id=ctx.request_id,
+            priority=ctx.priority,
+            tenant=ctx.tenant,
+        )
+
+    return build
 
 
-def _session_key(ctx: RequestContext) -> str | None:
-    value = ctx.headers.get(b"x-session-id")
-    if value is not None:
-        return value.decode("latin-1")
-    user = ctx.body.get("user")
-    return user if isinstance(user, str) else None
+def facts_builder_from_config(config: RoutingConfig) -> FactsBuilder:
+    return build_facts_builder(config, _tokenizer(config.facts.tokenizer))
+
+
+def _tokenizer(path: str | None) -> Callable[[str], Sequence[int]] | None:
+    """A local tokenizer.json (no hub access); None means estimated counts."""
+    if path is None:
+        return None
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(path).expanduser()))
+
+    def tokenize(text: str) -> Sequence[int]:
+        return tokenizer.encode(text, add_special_tokens=False).ids
+
+    return tokenize

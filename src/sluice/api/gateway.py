@@ -8,10 +8,12 @@ import asyncio
 import contextlib
 import time
 
-from sluice.api.facts import FactsBuilder, estimate_facts
+from sluice.api.facts import ContextFacts, context_facts, facts_builder_from_config
 from sluice.api.hooks import Hooks
 from sluice.config import ModelConfig, SluiceConfig
-from sluice.routing import EndpointState, Policy, make_policy
+from sluice.routing import EndpointState, Policy
+from sluice.routing.config import build_index, build_policy, build_router
+from sluice.routing.router import Router
 from sluice.telemetry.logs import get_logger
 from sluice.telemetry.metrics import GatewayMetrics
 from sluice.upstream.client import EngineClient
@@ -27,7 +29,7 @@ class Gateway:
         *,
         hooks: Hooks | None = None,
         policy: Policy | None = None,
-        facts_builder: FactsBuilder | None = None,
+        facts_builder: ContextFacts | None = None,
     ) -> None:
         self.config = config
         self.clock = time.monotonic
@@ -38,10 +40,19 @@ class Gateway:
             clock=self.clock,
             on_eject=self._ejected,
         )
-        self.policy = policy or make_policy(config.routing.policy, **config.routing.options)
+        routing = config.routing
+        builder = facts_builder_from_config(routing)
+        if policy is None:
+            index = None
+            if routing.prefix_index.mode != "off":
+                index = build_index(routing, exact_tokens=builder.exact)
+            policy = build_policy(routing, index)
+        self.policy = policy
+        # Versions, LoRA candidates, pools and session affinity, in front of the policy.
+        self.router: Router = build_router(routing, policy)
+        self.facts_builder = facts_builder or context_facts(builder)
         self.client = EngineClient(config.upstream)
         self.hooks = hooks or Hooks()
-        self.facts_builder = facts_builder or estimate_facts
         self.models: dict[str, ModelConfig] = {m.name: m for m in config.models}
         self.prober = HealthProber(self.client, self.fleet, config.health)
         self.scraper = MetricsScraper(
@@ -74,8 +85,9 @@ class Gateway:
         await self.client.close()
 
     def known_model(self, model: str) -> bool:
-        """Configured, served by an engine, or possibly served (an engine with no known list)."""
-        if model in self.models:
+        """Configured, versioned, served by an engine, or possibly served (an engine whose
+        list is not known yet)."""
+        if model in self.models or model in self.router.versions.models:
             return True
         return any(not s.endpoint.models or model in s.endpoint.models for s in self.fleet.states)
 

@@ -11,6 +11,7 @@ success, error, retry and cancellation all balance.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -20,7 +21,8 @@ import orjson
 from sluice.api.context import OK, UPSTREAM_ERROR, RequestContext
 from sluice.api.errors import ApiError, sse_error_event
 from sluice.api.gateway import Gateway
-from sluice.routing import EndpointState, NoEndpointError
+from sluice.routing import Decision, EndpointState, NoEndpointError
+from sluice.routing.pools import PoolFullError
 from sluice.upstream.client import TRANSPORT_ERRORS, UpstreamError, failure_reason
 from sluice.upstream.sse import StreamTap
 
@@ -42,16 +44,21 @@ class _Retryable(Exception):
 async def proxy(gw: Gateway, ctx: RequestContext, send: Send) -> None:
     facts = ctx.facts
     assert facts is not None
-    body = ctx.upstream_body()
     tried: list[EndpointState] = []
     last: _Retryable | None = None
     for attempt in range(gw.config.upstream.max_retries + 1):
-        candidates = gw.fleet.candidates(ctx.model)
+        states = gw.fleet.states
         if tried:
-            candidates = [c for c in candidates if c not in tried]
+            states = [s for s in states if s not in tried]
         started = time.perf_counter()
         try:
-            decision = gw.policy.pick(facts, candidates, gw.clock())
+            decision = gw.router.route(facts, states, gw.clock())
+        except PoolFullError as full:
+            raise ApiError(
+                503,
+                f"every endpoint of pool {full.pool!r} is full; retry later",
+                headers=[(b"retry-after", str(max(1, math.ceil(full.retry_after))).encode())],
+            ) from None
         except NoEndpointError:
             break
         finally:
@@ -59,7 +66,7 @@ async def proxy(gw: Gateway, ctx: RequestContext, send: Send) -> None:
         state = decision.endpoint
         ctx.decision, ctx.endpoint, ctx.attempts = decision, state, attempt + 1
         try:
-            await _attempt(gw, ctx, state, body, send)
+            await _attempt(gw, ctx, decision, send)
             return
         except _Retryable as failure:
             last = failure
@@ -75,17 +82,19 @@ async def proxy(gw: Gateway, ctx: RequestContext, send: Send) -> None:
     )
 
 
-async def _attempt(
-    gw: Gateway, ctx: RequestContext, state: EndpointState, body: bytes, send: Send
-) -> None:
+async def _attempt(gw: Gateway, ctx: RequestContext, decision: Decision, send: Send) -> None:
     facts = ctx.facts
     assert facts is not None
-    prefill = facts.prompt_tokens
+    state = decision.endpoint
+    prefill = facts.prompt_tokens if decision.prefill_tokens is None else decision.prefill_tokens
     state.begin(prefill)
     gw.policy.on_dispatch(facts, state, gw.clock())
     ok = False
     response: aiohttp.ClientResponse | None = None
     try:
+        if decision.load_adapter:
+            await _load_adapter(gw, state, decision.load_adapter)
+        body = ctx.upstream_body(decision.upstream_model)
         try:
             response = await gw.client.post(state.endpoint.url + ctx.path, body, ctx.request_id)
         except UpstreamError as exc:
@@ -208,6 +217,23 @@ async def _stream(
         ctx.usage.update(tap.usage)
     ctx.response_done = True
     await send({"type": "http.response.body", "body": tap.flush(), "more_body": False})
+
+
+async def _load_adapter(gw: Gateway, state: EndpointState, adapter: str) -> None:
+    """Ask the engine to load a LoRA adapter routing chose it for (vLLM's runtime loading)."""
+    path = gw.config.adapters.get(adapter, adapter)
+    payload = orjson.dumps({"lora_name": adapter, "lora_path": path})
+    try:
+        status, _ = await gw.client.post_small(
+            state.endpoint.url + "/v1/load_lora_adapter", payload, gw.config.health.probe_timeout_s
+        )
+    except UpstreamError as exc:
+        gw.fleet.record_failure(state)
+        raise _Retryable(exc.reason, f"{state.id}: loading adapter {adapter!r}: {exc}") from None
+    if status != 200:
+        raise _Retryable("lora_load", f"{state.id}: loading adapter {adapter!r}: HTTP {status}")
+    # Known at once, before the next scrape says so.
+    state.loras = state.loras | {adapter}
 
 
 def _usage_from_body(ctx: RequestContext, data: bytes) -> None:

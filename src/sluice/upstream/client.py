@@ -81,6 +81,19 @@ class EngineClient:
         except TRANSPORT_ERRORS as exc:
             raise UpstreamError(failure_reason(exc), f"{type(exc).__name__}: {exc}") from None
 
+    async def post_small(self, url: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+        """A short control POST (loading an adapter); raises UpstreamError on failure."""
+        try:
+            async with self.session.post(
+                url,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
+                return response.status, await response.read()
+        except TRANSPORT_ERRORS as exc:
+            raise UpstreamError(failure_reason(exc), f"{type(exc).__name__}: {exc}") from None
+
     async def get(self, url: str, timeout: float) -> tuple[int, bytes]:
         """A short GET (probes, /metrics, /v1/models); raises UpstreamError on failure."""
         try:
