@@ -170,12 +170,14 @@ class PrefixIndex:
         lru = self._lru[slot]
         bit = 1 << slot
         holders = self._holders
+        get = holders.get
+        touch = lru.move_to_end
         for h in block_hashes:
             if h in lru:
-                lru.move_to_end(h)
+                touch(h)
             else:
                 lru[h] = None
-                holders[h] = holders.get(h, 0) | bit
+                holders[h] = get(h, 0) | bit
         self._evict_over(slot)
 
     def discard(self, endpoint_id: str, block_hashes: Iterable[int]) -> None:
@@ -197,10 +199,20 @@ class PrefixIndex:
     def _evict_over(self, slot: int) -> None:
         lru = self._lru[slot]
         over = len(lru) - self._capacity[slot]
-        for _ in range(max(0, over)):
-            h, _ = lru.popitem(last=False)
-            self._drop_holder(h, slot)
-            self._evictions += 1
+        if over <= 0:
+            return
+        # Inlined _drop_holder: a long prompt can evict thousands of blocks in one call.
+        holders = self._holders
+        keep = ~(1 << slot)
+        popitem = lru.popitem
+        for _ in range(over):
+            h = popitem(last=False)[0]
+            mask = holders[h] & keep
+            if mask:
+                holders[h] = mask
+            else:
+                del holders[h]
+        self._evictions += over
 
     def _drop_holder(self, h: int, slot: int) -> None:
         mask = self._holders.get(h, 0) & ~(1 << slot)

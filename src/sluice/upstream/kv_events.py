@@ -1,0 +1,166 @@
+"""Subscribe to the engines' KV-cache events (vLLM's ZMQ publisher) and mirror them.
+
+One async ZMQ SUB socket per endpoint; each message ``[topic, seq, EventBatch]`` is decoded by
+``kv_wire`` and applied to the pure ``routing.kv_mirror.KvEventMirror``, which keeps the prefix
+index (precise mode) in step with what each engine really caches.
+
+Sequence numbers count batches per publisher. A gap means batches were lost (the PUB socket
+drops when its queue is full, or we joined late): with a replay address (the engine's ZMQ ROUTER,
+``--kv-events-config replay_endpoint``) the missing batches are asked for; without one the gap is
+counted and the mirror carries on -- blocks stored under a lost parent stay out of the index
+(safe: a miss), and removals of unknown blocks are ignored.
+
+An endpoint's addresses come from its labels: ``kv_events`` (``tcp://host:5557``) and optionally
+``kv_events_replay``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import zmq
+import zmq.asyncio
+
+from sluice.routing.endpoint import Endpoint
+from sluice.routing.kv_mirror import KvEventMirror
+from sluice.telemetry.logs import get_logger
+from sluice.upstream.kv_wire import KVWireError, decode_event_batch, decode_multipart, seq_bytes
+
+LABEL = "kv_events"
+REPLAY_LABEL = "kv_events_replay"
+# vLLM's replay answer ends with this sequence number and an empty payload.
+_END_SEQ = -1
+
+
+@dataclass(slots=True)
+class SubscriberStats:
+    batches: int = 0
+    events: int = 0
+    gaps: int = 0
+    replayed: int = 0
+    decode_errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KvSource:
+    endpoint_id: str
+    address: str
+    replay: str | None = None
+    topic: str = ""
+
+
+def sources_from_endpoints(endpoints: Iterable[Endpoint]) -> list[KvSource]:
+    return [
+        KvSource(e.id, e.labels[LABEL], e.labels.get(REPLAY_LABEL))
+        for e in endpoints
+        if e.labels.get(LABEL)
+    ]
+
+
+class KvEventSubscriber:
+    def __init__(
+        self,
+        mirror: KvEventMirror,
+        sources: Iterable[KvSource],
+        *,
+        context: zmq.asyncio.Context | None = None,
+        replay_timeout_s: float = 2.0,
+    ) -> None:
+        self.mirror = mirror
+        self.sources = list(sources)
+        self.stats = SubscriberStats()
+        self.replay_timeout_s = replay_timeout_s
+        self._context = context or zmq.asyncio.Context.instance()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_seq: dict[str, int] = {}
+        self._subscribed: dict[str, asyncio.Event] = {}
+        self.log = get_logger("sluice.kv_events")
+
+    def start(self) -> None:
+        for source in self.sources:
+            self._subscribed[source.endpoint_id] = asyncio.Event()
+            self._tasks.append(
+                asyncio.create_task(self._follow(source), name=f"kv-events-{source.endpoint_id}")
+            )
+
+    async def wait_connected(self, timeout: float = 5.0) -> None:
+        """Until every SUB socket is connected (ZMQ still drops what is sent before it joins)."""
+        await asyncio.wait_for(
+            asyncio.gather(*(e.wait() for e in self._subscribed.values())), timeout
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def _follow(self, source: KvSource) -> None:
+        sock = self._context.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.SUBSCRIBE, source.topic.encode())
+        sock.connect(source.address)
+        self._subscribed[source.endpoint_id].set()
+        try:
+            while True:
+                frames = await sock.recv_multipart()
+                await self._on_message(source, frames)
+        finally:
+            sock.close(linger=0)
+
+    async def _on_message(self, source: KvSource, frames: list[bytes]) -> None:
+        try:
+            _, seq, events = decode_multipart(frames)
+        except KVWireError as exc:
+            self.stats.decode_errors += 1
+            self.log.warning("kv_event_decode_error", endpoint=source.endpoint_id, error=str(exc))
+            return
+        last = self._last_seq.get(source.endpoint_id)
+        if last is not None and seq > last + 1:
+            self.stats.gaps += 1
+            self.log.warning(
+                "kv_event_gap", endpoint=source.endpoint_id, expected=last + 1, got=seq
+            )
+            if source.replay:
+                await self._replay(source, last + 1, seq)
+        if last is not None and seq <= last:
+            return  # already applied (a replay overlapped the live stream)
+        self._apply(source.endpoint_id, seq, events)
+
+    def _apply(self, endpoint_id: str, seq: int, events: list) -> None:
+        self._last_seq[endpoint_id] = seq
+        self.stats.batches += 1
+        self.stats.events += len(events)
+        self.mirror.apply_all(endpoint_id, events)
+
+    async def _replay(self, source: KvSource, start: int, stop: int) -> None:
+        """Ask the engine's ROUTER socket for batches ``start`` .. ``stop - 1``."""
+        assert source.replay is not None
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(source.replay)
+        try:
+            await sock.send_multipart([b"", seq_bytes(start)])
+            while True:
+                frames = await asyncio.wait_for(sock.recv_multipart(), self.replay_timeout_s)
+                seq_frame, payload = frames[-2], frames[-1]
+                seq = int.from_bytes(seq_frame, "big", signed=True)
+                if seq == _END_SEQ or seq >= stop:
+                    break
+                try:
+                    events = decode_event_batch(payload)
+                except KVWireError:
+                    self.stats.decode_errors += 1
+                    continue
+                self._apply(source.endpoint_id, seq, events)
+                self.stats.replayed += 1
+        except TimeoutError:
+            self.log.warning("kv_event_replay_timeout", endpoint=source.endpoint_id)
+        finally:
+            sock.close(linger=0)
