@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from sluice.sim.block_pool import BlockPool
 from sluice.sim.kv_events import KVEvent
 from sluice.sim.latency import LatencyModel
-from sluice.sim.output import OutputPlanner
+from sluice.sim.output import FILLER_STEP, OutputPlanner
 from sluice.sim.profiles import Calibration, get_gpu, get_model, num_gpu_blocks_for
 from sluice.sim.request import (
     EngineStats,
@@ -148,6 +148,9 @@ class Engine:
         self._aborted: list[RequestOutput] = []
         self._max_model_len: int = cfg.max_model_len  # type: ignore[assignment]
         self._hashing = cfg.enable_prefix_caching
+        # Σ computed tokens of the running requests when all of them decode next (see step()).
+        self._decode_context: int | None = None
+        self.fast_decode = True  # the fused decode path; off only to check it against the other
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -205,6 +208,7 @@ class Engine:
         if seq is None:
             return
         self.scheduler.release(seq)
+        self._decode_context = None  # recounted by the next (general) step
         seq.finish_reason = "abort"
         seq.timing.finished = self.now
         self.stats.request_success_total["abort"] += 1
@@ -230,24 +234,64 @@ class Engine:
     def step(self) -> StepOutput:
         start = self.now
         self._admit_ready()
-        batch = self.scheduler.schedule(self.now)
-        if not batch.seqs and self._pending and not self.scheduler.has_work():
+        sched = self.scheduler
+        running = sched.running
+        context = self._decode_context
+        if (
+            context is not None
+            and self.fast_decode
+            and running
+            and not len(sched.waiting)
+            and len(running) <= sched.max_num_batched_tokens
+            and len(running) <= self.pool.free_queue.num_free
+        ):
+            return self._step_decodes(start, context)
+        batch = sched.schedule(self.now)
+        if not batch.seqs and self._pending and not sched.has_work():
             self.now = max(self.now, self._pending[0][0])  # idle until the front-end hands over
             self._admit_ready()
-            batch = self.scheduler.schedule(self.now)
+            batch = sched.schedule(self.now)
         outputs, self._aborted = self._aborted, []
         if not batch.seqs:
             self._flush_events()
             return StepOutput(self.now - start, outputs)
-        busy = self.latency.step_time(batch.num_tokens, batch.context_tokens, batch.attention_work)
+        busy = self.latency.step_time(
+            batch.num_tokens, batch.context_tokens, batch.attention_work2 * 0.5
+        )
+        return self._finish_step(start, busy, batch.seqs, outputs, batch.num_tokens, False)
+
+    def _step_decodes(self, start: float, context: int) -> StepOutput:
+        """The steady state, fused: every running request decodes one token.
+
+        The scheduler would give each running request one token and, with no one waiting and at
+        least one free block per request, could neither preempt nor admit; so the step's cost is
+        known up front from ``context`` (Σ computed tokens, kept by the previous step) and one
+        pass over ``running`` both schedules and samples. Results are identical to the general
+        path (tests/sim/test_engine.py checks it), only cheaper.
+        """
+        n = len(self.scheduler.running)
+        busy = self.latency.step_time(n, context + n, (2 * context + n) * 0.5)
+        outputs, self._aborted = self._aborted, []
+        return self._finish_step(start, busy, self.scheduler.running, outputs, n, True)
+
+    def _finish_step(
+        self,
+        start: float,
+        busy: float,
+        seqs: list[Sequence],
+        outputs: list[RequestOutput],
+        num_tokens: int,
+        schedule_inline: bool,
+    ) -> StepOutput:
         self.now += busy
         stats = self.stats
         stats.steps_total += 1
         stats.busy_time_total += busy
-        self._postprocess(batch.seqs, outputs)
+        num_seqs = len(seqs)
+        self._decode_context = self._postprocess(seqs, outputs, schedule_inline)
         self._flush_events()
         self._refresh_gauges()
-        return StepOutput(self.now - start, outputs, batch.num_tokens, len(batch.seqs))
+        return StepOutput(self.now - start, outputs, num_tokens, num_seqs)
 
     def _admit_ready(self) -> None:
         pending = self._pending
@@ -257,49 +301,99 @@ class Engine:
             if seq.status is Status.PENDING:
                 self.scheduler.add(seq)
 
-    def _postprocess(self, seqs: list[Sequence], outputs: list[RequestOutput]) -> None:
-        """Commit the step's computation and sample one token for each request it completes."""
+    def _postprocess(
+        self, seqs: list[Sequence], outputs: list[RequestOutput], schedule_inline: bool
+    ) -> int | None:
+        """Commit the step's computation and sample one token for each request it completes.
+
+        With ``schedule_inline`` (the fused decode path) each request is also scheduled here:
+        one token, a new block when the last one is full, caching of a block it fills.
+        Returns Σ computed tokens over running requests when every one of them will be a pure
+        decode in the next step (what ``_step_decodes`` needs), else None.
+
+        The hot loop of the simulator: everything a decode step touches is a slot read here.
+        """
         now = self.now
         stats = self.stats
-        planner = self.planner
+        sched = self.scheduler
         hashing = self._hashing
+        bs = self.config.block_size
         eos = self.tokenizer.eos_token_id
+        filler_start = self.planner.filler_start
+        filler_span = self.planner.filler_span
+        step = FILLER_STEP
+        emit = outputs.append
+        output = RequestOutput  # a local: this is the hot loop
+        already = len(outputs)
         finished: list[Sequence] = []
+        context = 0
+        all_decode = True
         for seq in seqs:
-            seq.num_computed_tokens += seq.num_scheduled
-            if seq.num_computed_tokens < len(seq.token_ids):
-                continue  # a prefill chunk that is not the last: no token yet
-            plan = seq.plan
+            if schedule_inline:
+                computed = seq.num_computed_tokens = seq.num_tokens
+                if computed > seq.capacity:
+                    sched.grow(seq, 1)
+                if computed >= seq.next_cache_at:
+                    sched.cache(seq, computed // bs)
+            else:
+                computed = seq.num_computed_tokens
+                if computed < seq.num_tokens:
+                    all_decode = False
+                    continue  # a prefill chunk that is not the last: no token yet
             index = seq.num_output_tokens
-            last = index + 1 >= plan.length
-            token = eos if last and plan.eos_last else planner.token(plan.filler_base, index)
-            seq.append_token(token, hashing)  # type: ignore[arg-type]
+            seq.num_output_tokens = count = index + 1
+            if count < seq.output_limit:
+                token = filler_start + (seq.filler_base + index * step) % filler_span
+                reason = self._stop_hit(seq, token) if seq.slow_checks else None
+            else:
+                token = filler_start + (seq.filler_base + index * step) % filler_span
+                if seq.eos_last:
+                    token = eos
+                reason = seq.plan.reason
+            seq.token_ids.append(token)  # type: ignore[arg-type]
+            seq.num_tokens = computed + 1
+            if hashing and (computed + 1) % bs == 0:
+                seq.hash_last_block()
             if index == 0:
                 seq.timing.first_token = now
                 stats.prompt_tokens_total += seq.num_prompt_tokens
-            stats.generation_tokens_total += 1
-            reason = plan.reason if last else self._early_finish(seq, token)  # type: ignore[arg-type]
-            if reason is not None:
+            if reason is None:
+                context += computed
+            else:
                 seq.finish_reason = reason
                 seq.timing.finished = now
                 stats.request_success_total[reason] += 1
                 finished.append(seq)
                 del self._requests[seq.request_id]
-            outputs.append(self._output(seq, [token]))  # type: ignore[list-item]
+            emit(
+                output(
+                    seq.request_id,
+                    [token],  # type: ignore[list-item]
+                    reason is not None,
+                    reason,
+                    seq.num_prompt_tokens,
+                    seq.num_cached_tokens,
+                    seq.timing,
+                    count,
+                )
+            )
+        stats.generation_tokens_total += len(outputs) - already
         if finished:
-            self.scheduler.release_finished(finished)
+            sched.release_finished(finished)
+        if all_decode and len(outputs) - already - len(finished) == len(sched.running):
+            return context
+        return None
 
-    def _early_finish(self, seq: Sequence, token: int) -> str | None:
-        """Finish reasons other than the plan's: context full, stop token, stop string."""
-        if len(seq.token_ids) >= self._max_model_len:
-            return "length"
+    def _stop_hit(self, seq: Sequence, token: int) -> str | None:
+        """ "stop" when the token is a stop token or completes a stop string."""
         sampling = seq.sampling
-        if sampling.stop_token_ids and token in sampling.stop_token_ids:
+        if token in sampling.stop_token_ids:
             return "stop"
         if sampling.stop:
             text = seq.stop_text + " " + self.tokenizer.decode([token])
-            seq.stop_text = text
-            if any(s in text for s in sampling.stop):
+            # Keep only a tail long enough to hold any stop string across the newest boundary.
+            seq.stop_text = text[-(max(map(len, sampling.stop)) + 64) :]
+            if any(stop in text for stop in sampling.stop):
                 return "stop"
         return None
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 NATURAL_LENGTH_MEDIAN = 128
 NATURAL_LENGTH_SIGMA = 0.9
-_STEP = 7919  # a prime: consecutive filler tokens walk the vocabulary without short cycles
+FILLER_STEP = 7919  # a prime: consecutive filler tokens walk the vocabulary without short cycles
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,4 +50,4 @@ class OutputPlanner:
 
     def token(self, base: int, index: int) -> int:
         """The ``index``-th filler token (0-based) of a request whose plan has ``base``."""
-        return self.filler_start + (base + index * _STEP) % self.filler_span
+        return self.filler_start + (base + index * FILLER_STEP) % self.filler_span

@@ -24,29 +24,36 @@ from sluice.sim.waiting_queue import make_waiting_queue
 class Batch:
     """The requests of one step (each with ``num_scheduled`` set) and the step's cost inputs."""
 
-    __slots__ = ("attention_work", "context_tokens", "num_tokens", "seqs")
+    __slots__ = ("attention_work2", "context_tokens", "num_tokens", "seqs")
 
     def __init__(self) -> None:
         self.seqs: list[Sequence] = []
         self.num_tokens = 0  # T: tokens computed in the step
         self.context_tokens = 0  # C: KV entries read, Σ (computed + new)
-        self.attention_work = 0.0  # Σ new·(computed + new/2)
+        # Twice Σ new·(computed + new/2): an integer, so every way of summing it agrees exactly.
+        self.attention_work2 = 0
+
+    @property
+    def attention_work(self) -> float:
+        return self.attention_work2 * 0.5
 
     def add(self, seq: Sequence, n: int) -> None:
         c = seq.num_computed_tokens
         seq.num_scheduled = n
+        seq.num_computed_tokens = c + n
         self.seqs.append(seq)
         self.num_tokens += n
         self.context_tokens += c + n
-        self.attention_work += n * (c + n * 0.5)
+        self.attention_work2 += n * (2 * c + n)
 
     def drop(self, seq: Sequence) -> None:
+        """Take back a scheduled request (preempted later in the same step)."""
         n = seq.num_scheduled
-        c = seq.num_computed_tokens
+        c = seq.num_computed_tokens - n
         self.seqs.remove(seq)
         self.num_tokens -= n
         self.context_tokens -= c + n
-        self.attention_work -= n * (c + n * 0.5)
+        self.attention_work2 -= n * (2 * c + n)
         seq.num_scheduled = 0
 
 
@@ -83,43 +90,59 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         preempted = False
         running = self.running
-        bs = self.block_size
-        pool = self.pool
-        free_queue = pool.free_queue
-        i = 0
-        while i < len(running) and budget > 0:
-            seq = running[i]
+        scheduled = batch.seqs
+        running_status = Status.RUNNING  # a local: this is the hot loop
+        # Batch totals live in locals on this hot path and are written back once.
+        num_tokens = context = work2 = 0
+        # A snapshot: preemption removes requests from ``running`` while we walk it.
+        for seq in running.copy() if running else ():
+            if seq.status is not running_status:
+                continue  # preempted earlier in this step
             computed = seq.num_computed_tokens
             n = seq.num_tokens - computed
             if n > budget:
                 n = budget
             end = computed + n
-            table = seq.block_table
-            need = (end + bs - 1) // bs - len(table)
-            if need > 0:
-                if need > free_queue.num_free:
+            if end > seq.capacity:
+                need = (end - seq.capacity + self.block_size - 1) // self.block_size
+                if need > self.pool.free_queue.num_free:
                     preempted = True
-                    if not self._make_room(seq, need, batch):
+                    batch.num_tokens, batch.context_tokens = num_tokens, context
+                    batch.attention_work2 = work2
+                    room = self._make_room(seq, need, batch)
+                    num_tokens, context = batch.num_tokens, batch.context_tokens
+                    work2 = batch.attention_work2
+                    if not room:
                         break  # the request itself was the victim: nothing after it runs
-                    i = running.index(seq)
-                if need == 1:
-                    table.append(pool.allocate_one())
-                else:
-                    table.extend(pool.allocate(need))
-            if self.caching and end // bs > seq.num_cached_blocks:
-                self._cache(seq, end // bs)
-            batch.add(seq, n)
+                self.grow(seq, need)
+            if end >= seq.next_cache_at:
+                self.cache(seq, end // self.block_size)
+            seq.num_scheduled = n
+            seq.num_computed_tokens = end  # as vLLM: progress is committed when scheduled
+            scheduled.append(seq)
+            num_tokens += n
+            context += end
+            work2 += n * (2 * computed + n)
             budget -= n
-            i += 1
+            if budget == 0:
+                break
+        batch.num_tokens, batch.context_tokens, batch.attention_work2 = num_tokens, context, work2
         if not preempted:
             self._admit_waiting(batch, budget, now)
         return batch
+
+    def grow(self, seq: Sequence, need: int) -> None:
+        if need == 1:
+            seq.block_table.append(self.pool.allocate_one())
+        else:
+            seq.block_table.extend(self.pool.allocate(need))
+        seq.capacity += need * self.block_size
 
     def _make_room(self, seq: Sequence, need: int, batch: Batch) -> bool:
         """Preempt until ``need`` blocks are free; False when ``seq`` itself had to go."""
         while need > self.pool.free_queue.num_free:
             victim = self._pick_victim()
-            if victim.num_scheduled and victim in batch.seqs:
+            if victim in batch.seqs:
                 batch.drop(victim)
             self.preempt(victim)
             if victim is seq:
@@ -155,9 +178,9 @@ class Scheduler:
                 break
             waiting.pop()
             pool.touch(hits)
-            seq.block_table = hits + pool.allocate(new_blocks) if new_blocks else hits
+            table = hits + pool.allocate(new_blocks) if new_blocks else hits
+            seq.set_blocks(table, len(hits))
             seq.num_computed_tokens = hit_tokens
-            seq.num_cached_blocks = len(hits)
             if not seq.was_preempted:
                 self.stats.prefix_cache_queries_total += seq.num_tokens
                 self.stats.prefix_cache_hits_total += hit_tokens
@@ -166,12 +189,12 @@ class Scheduler:
             seq.status = Status.RUNNING
             self.running.append(seq)
             end = hit_tokens + n
-            if self.caching and end // bs > seq.num_cached_blocks:
-                self._cache(seq, end // bs)
+            if end >= seq.next_cache_at:
+                self.cache(seq, end // bs)
             batch.add(seq, n)
             budget -= n
 
-    def _cache(self, seq: Sequence, num_full: int) -> None:
+    def cache(self, seq: Sequence, num_full: int) -> None:
         self.pool.cache_blocks(
             seq.block_table,
             seq.block_hashes,
@@ -181,6 +204,7 @@ class Scheduler:
             seq.lora_name,
         )
         seq.num_cached_blocks = num_full
+        seq.next_cache_at = (num_full + 1) * self.block_size
 
     # -- leaving ------------------------------------------------------------------------------
 
@@ -191,7 +215,7 @@ class Scheduler:
         elif seq.status is Status.WAITING:
             self.waiting.remove(seq)
         self.pool.free(seq.block_table)
-        seq.block_table = []
+        seq.set_blocks([], 0)
         seq.status = Status.FINISHED
 
     def release_finished(self, finished: list[Sequence]) -> None:
@@ -199,6 +223,6 @@ class Scheduler:
         free = self.pool.free
         for seq in finished:
             free(seq.block_table)
-            seq.block_table = []
+            seq.set_blocks([], 0)
             seq.status = Status.FINISHED
         self.running = [s for s in self.running if s.status is Status.RUNNING]

@@ -9,6 +9,8 @@ from sluice.sim.block_pool import KVBlock
 from sluice.sim.output import OutputPlan
 from sluice.sim.request import RequestTiming, SamplingParams
 
+_NEVER = 1 << 62
+
 
 class Status(IntEnum):
     PENDING = 0  # arrived, still in the API front-end (not yet schedulable)
@@ -27,20 +29,27 @@ class Sequence:
         "block_hashes",
         "block_size",
         "block_table",
+        "capacity",
+        "eos_last",
+        "filler_base",
         "finish_reason",
         "lora_name",
+        "next_cache_at",
         "num_cached_blocks",
         "num_cached_tokens",
         "num_computed_tokens",
         "num_output_tokens",
         "num_prompt_tokens",
         "num_scheduled",
+        "num_tokens",
+        "output_limit",
         "plan",
         "priority",
         "ready_time",
         "request_id",
         "root_hash",
         "sampling",
+        "slow_checks",
         "status",
         "stop_text",
         "timing",
@@ -65,10 +74,15 @@ class Sequence:
     ) -> None:
         self.request_id = request_id
         self.token_ids = list(prompt_token_ids)
-        self.num_prompt_tokens = len(prompt_token_ids)
+        self.num_tokens = self.num_prompt_tokens = len(prompt_token_ids)
         self.num_output_tokens = 0
         self.sampling = sampling
         self.plan = plan
+        # The plan, unpacked into slots read on every step.
+        self.output_limit = plan.length
+        self.eos_last = plan.eos_last
+        self.filler_base = plan.filler_base
+        self.slow_checks = bool(sampling.stop or sampling.stop_token_ids)
         self.timing = timing
         self.ready_time = ready_time
         self.arrival_order = arrival_order
@@ -81,7 +95,10 @@ class Sequence:
         self.num_scheduled = 0
         self.num_cached_tokens = 0
         self.block_table: list[KVBlock] = []
+        self.capacity = 0  # tokens the block table can hold: len(block_table) * block_size
         self.num_cached_blocks = 0  # leading blocks of block_table registered in the cache
+        # Token count at which the next block becomes full and cacheable (never, without caching).
+        self.next_cache_at = block_size if hashing else _NEVER
         self.was_preempted = False
         self.stop_text = ""  # decoded output so far; kept only when stop strings are set
         # Hashes of every full block of token_ids, extended as output tokens fill blocks.
@@ -91,27 +108,25 @@ class Sequence:
         self.root_hash = root_hash(lora_name, hash_seed) if hashing else 0
 
     @property
-    def num_tokens(self) -> int:
-        return len(self.token_ids)
-
-    @property
     def finished(self) -> bool:
         return self.status is Status.FINISHED
 
-    def append_token(self, token_id: int, hashing: bool) -> None:
-        """Add a sampled token; hash the block it completes, if any."""
-        tokens = self.token_ids
-        tokens.append(token_id)
-        self.num_output_tokens += 1
-        n = len(tokens)
+    def set_blocks(self, table: list[KVBlock], num_cached_blocks: int) -> None:
+        self.block_table = table
+        self.capacity = len(table) * self.block_size
+        self.num_cached_blocks = num_cached_blocks
+        if self.next_cache_at != _NEVER:
+            self.next_cache_at = (num_cached_blocks + 1) * self.block_size
+
+    def hash_last_block(self) -> None:
+        """``token_ids`` just filled a block: extend the hash chain over it."""
         bs = self.block_size
-        if hashing and n % bs == 0:
-            parent = self.block_hashes[-1] if self.block_hashes else self.root_hash
-            self.block_hashes.append(hash_block(parent, tokens[n - bs : n]))
+        n = self.num_tokens
+        parent = self.block_hashes[-1] if self.block_hashes else self.root_hash
+        self.block_hashes.append(hash_block(parent, self.token_ids[n - bs : n]))
 
     def reset_for_recompute(self) -> None:
         """Preempted: KV is gone (blocks freed by the caller); prefill everything again."""
-        self.block_table = []
-        self.num_cached_blocks = 0
+        self.set_blocks([], 0)
         self.num_computed_tokens = 0
         self.was_preempted = True
