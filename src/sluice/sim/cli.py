@@ -23,7 +23,7 @@ import typer
 from sluice.sim.engine import EngineConfig
 from sluice.sim.server import ServerOptions
 
-_READY_PREFIX = "sluice-sim engine ready"
+_READY_PREFIX = "sluice-sim engine listening on"
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -124,6 +124,7 @@ def sim(
 
     try:
         options = [options_for(i) for i in range(count)]
+        resolved = options[0].engine.resolved()  # validates profiles and sizes before binding
         if fd is not None:
             sockets = [socket.socket(fileno=fd)]
         else:
@@ -132,9 +133,17 @@ def sim(
         typer.echo(f"sluice sim: {exc}", err=True)
         raise typer.Exit(2) from exc
 
-    for sock in sockets:
+    for index, sock in enumerate(sockets):
         bound_host, bound_port = sock.getsockname()[:2]
-        typer.echo(f"{_READY_PREFIX}: http://{bound_host}:{bound_port}")
+        kv = options[index].kv_events_endpoint
+        typer.echo(
+            f"{_READY_PREFIX} http://{bound_host}:{bound_port} "
+            f"(model {resolved.served_model_name}, {resolved.gpu} x{resolved.tensor_parallel}, "
+            f"{resolved.num_gpu_blocks} KV blocks of {resolved.block_size}, "
+            f"max_model_len {resolved.max_model_len}, time scale {time_scale}"
+            + (f", KV events {kv}" if kv else "")
+            + ")"
+        )
     sys.stdout.flush()
     if len(sockets) == 1:
         serve(options[0], sockets[0], log_level)
