@@ -1,0 +1,139 @@
+"""``sluice up`` (embedded: simulated engines + gateway) and ``sluice serve`` (real engines)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sluice.config import ConfigError, SluiceConfig, load_config
+
+
+def up(
+    port: Annotated[int, typer.Option(help="Gateway port (0: a free one)")] = 8080,
+    engines: Annotated[int, typer.Option(min=1, help="Simulated engines to start")] = 4,
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    config: Annotated[
+        Path | None, typer.Option(help="Optional YAML for everything else (routing, limits...)")
+    ] = None,
+    gpu: Annotated[str, typer.Option(help="Simulated GPU profile")] = "h100",
+    model: Annotated[str, typer.Option(help="Simulated model profile")] = "llama-3.1-8b",
+    quiet: Annotated[bool, typer.Option(help="No per-request log lines")] = False,
+) -> None:
+    """Start simulated engines and the gateway in front of them; Ctrl-C stops everything."""
+    from sluice.api.server import GatewayServer
+    from sluice.sim.launch import start_engines
+    from sluice.telemetry.logs import configure_logging
+
+    overrides: dict[str, Any] = {"server.host": host, "server.port": port}
+    if quiet:
+        overrides["logging.requests"] = False
+    cfg = _load(config, overrides)
+    configure_logging(cfg.logging.level)
+    typer.echo(f"starting {engines} simulated engine(s) ({model} on {gpu}) ...", err=True)
+    with start_engines(engines, gpu=gpu, model=model) as fleet:
+        cfg = cfg.model_copy(update={"endpoints": _endpoints(cfg, fleet.urls)}, deep=True)
+        server = GatewayServer(cfg)
+        server.start()
+        try:
+            served = sorted(server.gateway.fleet.served_models()) or ["<model>"]
+            typer.echo(_banner(server.url, served[0], fleet.urls))
+            _wait_for_stop()
+        finally:
+            typer.echo("stopping gateway and engines ...", err=True)
+            server.stop()
+
+
+def serve(
+    config: Annotated[Path, typer.Option("--config", "-c", help="sluice.yaml")],
+    port: Annotated[int | None, typer.Option(help="Override server.port")] = None,
+    host: Annotated[str | None, typer.Option(help="Override server.host")] = None,
+) -> None:
+    """Run the gateway in front of the engines listed in the config file."""
+    import uvicorn
+
+    from sluice.api.app import build_app
+    from sluice.api.gateway import Gateway
+    from sluice.api.server import bind, uvicorn_config
+    from sluice.telemetry.logs import configure_logging
+
+    overrides: dict[str, Any] = {}
+    if port is not None:
+        overrides["server.port"] = port
+    if host is not None:
+        overrides["server.host"] = host
+    cfg = _load(config, overrides)
+    if not cfg.endpoints:
+        _fail(f"{config}: no endpoints configured (add an `endpoints:` list of engine URLs)")
+    configure_logging(cfg.logging.level)
+    try:
+        gateway = Gateway(cfg)
+    except ValueError as exc:
+        _fail(f"{config}: {exc}")
+    sock = bind(cfg.server.host, cfg.server.port)
+    typer.echo(f"sluice gateway on http://{cfg.server.host}:{sock.getsockname()[1]}", err=True)
+    uvicorn.Server(uvicorn_config(build_app(gateway), cfg)).run(sockets=[sock])
+
+
+def register(app: typer.Typer) -> None:
+    app.command("up")(up)
+    app.command("serve")(serve)
+
+
+def _load(path: Path | None, overrides: dict[str, Any]) -> SluiceConfig:
+    try:
+        return load_config(path, overrides=overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str) -> Any:
+    typer.echo(message, err=True)
+    raise typer.Exit(2)
+
+
+def _endpoints(cfg: SluiceConfig, urls: list[str]) -> list[Any]:
+    from sluice.config import EndpointConfig
+
+    return [*cfg.endpoints, *(EndpointConfig(url=u, id=f"sim{i}") for i, u in enumerate(urls))]
+
+
+def _banner(url: str, model: str, engines: list[str]) -> str:
+    return f"""
+Sluice is up: {url}   ({len(engines)} simulated engines: {", ".join(engines)})
+
+  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  python - <<'PY'
+  from openai import OpenAI
+  client = OpenAI(base_url="{url}/v1", api_key="unused")
+  for chunk in client.chat.completions.create(
+      model="{model}", messages=[{{"role": "user", "content": "Hello!"}}], stream=True
+  ):
+      print(chunk.choices[0].delta.content or "", end="", flush=True) if chunk.choices else None
+  PY
+
+Metrics: {url}/metrics   Ready: {url}/ready   Ctrl-C stops everything.
+"""
+
+
+def _wait_for_stop() -> None:
+    """Block until Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+
+    def handler(signum: int, _: object) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        sys.stdout.flush()
