@@ -180,8 +180,10 @@ def main() -> None:
             f"p99 {row['record_p99_us']}us | pick+record p99 {row['pick_record_p99_us']}us"
         )
     for h in hashing:
-        print(f"hash_text_blocks {h['prompt_tokens']} tok: p50 {h['hash_p50_us']}us "
-              f"p99 {h['hash_p99_us']}us")
+        print(
+            f"hash_text_blocks {h['prompt_tokens']} tok: p50 {h['hash_p50_us']}us "
+            f"p99 {h['hash_p99_us']}us"
+        )
     print(f"memory: {memory}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

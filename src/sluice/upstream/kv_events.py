@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import zmq
 import zmq.asyncio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from sluice.routing.endpoint import Endpoint
 from sluice.routing.kv_mirror import KvEventMirror
+from sluice.routing.prefix_index import PrefixIndex
 from sluice.telemetry.logs import get_logger
 from sluice.upstream.kv_wire import KVWireError, decode_event_batch, decode_multipart, seq_bytes
 
@@ -164,3 +167,65 @@ class KvEventSubscriber:
             self.log.warning("kv_event_replay_timeout", endpoint=source.endpoint_id)
         finally:
             sock.close(linger=0)
+
+
+class PrefixIndexCollector(Collector):
+    """Prometheus view of the prefix index (size, bound, hits) and of the KV-event mirror,
+    read at scrape time so the request path pays nothing."""
+
+    def __init__(
+        self,
+        index: PrefixIndex,
+        mirror: KvEventMirror | None = None,
+        subscriber: KvEventSubscriber | None = None,
+    ) -> None:
+        self.index = index
+        self.mirror = mirror
+        self.subscriber = subscriber
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.index.stats()
+        size = GaugeMetricFamily(
+            "sluice_prefix_index_blocks", "Cached blocks the index records.", labels=["endpoint"]
+        )
+        bound = GaugeMetricFamily(
+            "sluice_prefix_index_capacity_blocks",
+            "The index's bound per endpoint (the engine's KV blocks).",
+            labels=["endpoint"],
+        )
+        for endpoint_id, (blocks, capacity) in stats.per_endpoint.items():
+            size.add_metric([endpoint_id], float(blocks))
+            bound.add_metric([endpoint_id], float(capacity))
+        yield size
+        yield bound
+        unique = GaugeMetricFamily("sluice_prefix_index_unique_blocks", "Distinct block hashes.")
+        unique.add_metric([], float(stats.unique_blocks))
+        yield unique
+        counters = (
+            ("sluice_prefix_index_lookups", "Index lookups.", stats.lookups),
+            ("sluice_prefix_index_lookup_blocks", "Prompt blocks looked up.", stats.lookup_blocks),
+            ("sluice_prefix_index_hit_blocks", "Blocks matched on the best.", stats.hit_blocks),
+            ("sluice_prefix_index_evictions", "Blocks evicted by the bound.", stats.evictions),
+        )
+        for name, doc, value in counters:
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], float(value))
+            yield family
+        if self.mirror is not None:
+            m = self.mirror.stats
+            events = CounterMetricFamily(
+                "sluice_kv_events_blocks", "Blocks in KV events applied.", labels=["kind"]
+            )
+            for kind, value in (
+                ("stored", m.stored),
+                ("removed", m.removed),
+                ("orphaned", m.orphaned),
+                ("cleared", m.cleared),
+            ):
+                events.add_metric([kind], float(value))
+            yield events
+        if self.subscriber is not None:
+            s = self.subscriber.stats
+            gaps = CounterMetricFamily("sluice_kv_events_gaps", "Sequence gaps in KV events.")
+            gaps.add_metric([], float(s.gaps))
+            yield gaps

@@ -1,0 +1,116 @@
+"""End to end: gateway + simulated engines. A conversation's next turn lands on the engine that
+cached its previous turns, and that engine reports the prefix-cache hit.
+
+Approximate mode (the gateway learns from its own decisions, no tokenizer) and precise mode (the
+engines' ZMQ KV events, the simulator's word tokenizer on both sides).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from sluice.api.facts import context_facts
+from sluice.api.gateway import Gateway
+from sluice.api.server import GatewayServer
+from sluice.config import load_config
+from sluice.routing.config import build_index, build_policy
+from sluice.routing.facts_builder import FactsBuilder
+from sluice.sim.launch import EngineFleet, start_engines
+from sluice.sim.tokenizer import WordTokenizer, text_of_length
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+CONVERSATIONS = 6
+
+
+@pytest.fixture(scope="module")
+def engines() -> Iterator[EngineFleet]:
+    with start_engines(3, kv_events=True) as fleet:
+        yield fleet
+
+
+def _config(engines: EngineFleet, mode: str) -> Any:
+    endpoints = [
+        {"url": url, "id": f"e{i}", "labels": {"kv_events": kv}}
+        for i, (url, kv) in enumerate(zip(engines.urls, engines.kv_event_endpoints, strict=True))
+    ]
+    return load_config(
+        env={},
+        overrides={
+            "server.port": 0,
+            "server.debug_route_header": True,
+            "health.probe_interval_s": 0.05,
+            "scraper.interval_s": 0.05,
+            "logging.requests": False,
+            "routing.policy": "cost_model",
+            "routing.prefix_index.mode": mode,
+            "endpoints": endpoints,
+        },
+    )
+
+
+def _first_turn(i: int, tag: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": text_of_length(600, seed=f"{tag}-system-{i}")},
+        {"role": "user", "content": text_of_length(200, seed=f"{tag}-user-{i}")},
+    ]
+
+
+async def _chat(client: httpx.AsyncClient, messages: list[dict[str, str]], max_tokens: int):
+    reply = await client.post(
+        "/v1/chat/completions",
+        json={"model": MODEL, "messages": messages, "max_tokens": max_tokens},
+    )
+    assert reply.status_code == 200, reply.text
+    endpoint = reply.headers["x-sluice-route"].split(";")[0]
+    body = reply.json()
+    return endpoint, body
+
+
+async def _conversations_return_home(url: str, tag: str) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        # First turns at once, so load accounting spreads them over the engines.
+        firsts = await asyncio.gather(
+            *(_chat(client, _first_turn(i, tag), 40) for i in range(CONVERSATIONS))
+        )
+        homes = [endpoint for endpoint, _ in firsts]
+        assert len(set(homes)) > 1, f"first turns did not spread: {homes}"
+        for i, (home, body) in enumerate(firsts):
+            answer = body["choices"][0]["message"]["content"]
+            follow_up = [
+                *_first_turn(i, tag),
+                {"role": "assistant", "content": answer},
+                {"role": "user", "content": text_of_length(50, seed=f"{tag}-next-{i}")},
+            ]
+            endpoint, reply = await _chat(client, follow_up, 4)
+            assert endpoint == home, f"conversation {i}: went to {endpoint}, cached on {home}"
+            cached = reply["usage"]["prompt_tokens_details"]["cached_tokens"]
+            assert cached >= 700, f"conversation {i}: engine reported {cached} cached tokens"
+
+
+async def test_approximate_mode_sends_the_next_turn_home(engines: EngineFleet) -> None:
+    with GatewayServer(_config(engines, "approximate")) as server:
+        await _conversations_return_home(server.url, "approx")
+
+
+async def test_precise_mode_mirrors_the_engines_kv_events(engines: EngineFleet) -> None:
+    config = _config(engines, "precise")
+    builder = FactsBuilder(WordTokenizer().encode, block_size=16)
+    index = build_index(config.routing, exact_tokens=True)
+    gateway = Gateway(
+        config,
+        policy=build_policy(config.routing, index),
+        facts_builder=context_facts(builder),
+    )
+    assert gateway.kv_subscriber is not None
+    with GatewayServer(config, gateway) as server:
+        await asyncio.sleep(0.3)  # let the SUB sockets join before the engines publish
+        await _conversations_return_home(server.url, "precise")
+        assert gateway.kv_subscriber.stats.events > 0
+        assert index.stats().blocks > 0
+        metrics = httpx.get(server.url + "/metrics").text
+        assert "sluice_prefix_index_blocks" in metrics
