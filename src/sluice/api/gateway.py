@@ -13,12 +13,19 @@ from sluice.api.hooks import Hooks
 from sluice.config import ModelConfig, SluiceConfig
 from sluice.routing import EndpointState, Policy
 from sluice.routing.config import build_index, build_policy, build_router
+from sluice.routing.kv_mirror import KvEventMirror
+from sluice.routing.prefix_index import PrefixIndex
 from sluice.routing.router import Router
 from sluice.telemetry.logs import get_logger
 from sluice.telemetry.metrics import GatewayMetrics
 from sluice.upstream.client import EngineClient
 from sluice.upstream.fleet import Fleet, endpoints_from_config
 from sluice.upstream.health import HealthProber
+from sluice.upstream.kv_events import (
+    KvEventSubscriber,
+    PrefixIndexCollector,
+    sources_from_endpoints,
+)
 from sluice.upstream.scraper import MetricsScraper
 
 
@@ -61,6 +68,16 @@ class Gateway:
         self.request_log = get_logger("sluice.request")
         self.log = get_logger("sluice.gateway")
         self._tasks: list[asyncio.Task[None]] = []
+        # Prefix index metrics, and in precise mode the engines' KV events feeding the index.
+        self.kv_subscriber: KvEventSubscriber | None = None
+        index = getattr(policy, "index", None)
+        if isinstance(index, PrefixIndex):
+            mirror = None
+            if routing.prefix_index.mode == "precise":
+                mirror = KvEventMirror(index)
+                sources = sources_from_endpoints(s.endpoint for s in self.fleet.states)
+                self.kv_subscriber = KvEventSubscriber(mirror, sources)
+            self.metrics.registry.register(PrefixIndexCollector(index, mirror, self.kv_subscriber))
 
     async def start(self) -> None:
         await self.client.start()
@@ -69,6 +86,8 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self.prober.run(), name="sluice-health"))
         if self.config.scraper.enabled:
             self._tasks.append(asyncio.create_task(self.scraper.run(), name="sluice-scraper"))
+        if self.kv_subscriber is not None:
+            self.kv_subscriber.start()
         self.log.info(
             "gateway_started",
             endpoints=[s.endpoint.url for s in self.fleet.states],
@@ -76,6 +95,8 @@ class Gateway:
         )
 
     async def stop(self) -> None:
+        if self.kv_subscriber is not None:
+            await self.kv_subscriber.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -173,7 +173,12 @@ async def _stream(
         raise _Retryable("empty", f"{state.id}: stream ended before its first byte")
     now = gw.clock()
     ctx.first_byte_at = now
-    state.first_token(ctx.facts.prompt_tokens if ctx.facts else 0)
+    # The same amount ``begin`` counted: the uncached prefill when routing predicted it.
+    decision = ctx.decision
+    if decision is not None and decision.prefill_tokens is not None:
+        state.first_token(decision.prefill_tokens)
+    else:
+        state.first_token(ctx.facts.prompt_tokens if ctx.facts else 0)
     ttft = now - ctx.started
     state.ttft_ewma = (
         ttft if state.ttft_ewma is None else state.ttft_ewma + _EWMA * (ttft - state.ttft_ewma)
