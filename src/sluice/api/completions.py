@@ -118,6 +118,8 @@ class CompletionsHandler:
                 model=model,
                 stream=ctx.stream,
                 endpoint=endpoint,
+                # The routing decision: chosen endpoint, reason, every candidate's score.
+                route=None if ctx.decision is None else ctx.decision.explain(),
                 attempts=ctx.attempts,
                 status=ctx.status,
                 outcome=ctx.outcome,
