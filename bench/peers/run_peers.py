@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from sluice.bench.metrics import summarize
+from sluice.bench.procs import free_port, gateway_command, stop, wait_ready
 from sluice.bench.report import RunReport, markdown_table, write_all
 from sluice.bench.runner import HttpOptions, run_http
 from sluice.bench.workloads import build_workload
@@ -36,23 +34,9 @@ VENVS = HERE / ".venvs"
 MODEL = "sim-model"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def router_command(kind: str, policy: str, port: int, urls: list[str]) -> list[str]:
     if kind == "sluice":
-        return [
-            sys.executable,
-            str(HERE / "sluice_gateway.py"),
-            "--port",
-            str(port),
-            "--policy",
-            policy,
-            *urls,
-        ]
+        return gateway_command(port, policy, urls)
     if kind == "sglang":
         return [
             str(VENVS / "sglang/bin/python"),
@@ -86,34 +70,6 @@ def router_command(kind: str, policy: str, port: int, urls: list[str]) -> list[s
     raise ValueError(f"unknown router kind {kind!r}: sluice, sglang or vllm")
 
 
-def probe(base: str) -> str | None:
-    """One tiny completion through the router; None when it answers 200."""
-    body = json.dumps({"model": MODEL, "prompt": "ping", "max_tokens": 1}).encode()
-    req = urllib.request.Request(
-        base + "/v1/completions", body, {"content-type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return None if resp.status == 200 else f"HTTP {resp.status}"
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}"
-    except (urllib.error.URLError, OSError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-
-
-def wait_ready(base: str, proc: subprocess.Popen, timeout: float) -> str | None:
-    deadline = time.monotonic() + timeout
-    last = "not started"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return f"exited with code {proc.returncode}"
-        last = probe(base) or ""
-        if not last:
-            return None
-        time.sleep(0.5)
-    return f"not ready after {timeout:.0f} s; last probe: {last}"
-
-
 def run_one(args: argparse.Namespace, spec: str, workload: list, log_dir: Path) -> dict:
     kind, _, policy = spec.partition(":")
     engine_opts = {k: int(v) for k, v in parse_options(args.engine_opt or []).items()}
@@ -130,7 +86,7 @@ def run_one(args: argparse.Namespace, spec: str, workload: list, log_dir: Path) 
             except OSError as exc:
                 return {"router": spec, "error": f"cannot start {cmd[0]}: {exc}"}
         try:
-            error = wait_ready(base, proc, args.ready_timeout)
+            error = wait_ready(base, proc, MODEL, args.ready_timeout)
             if error:
                 tail = log_path.read_text()[-1500:]
                 return {"router": spec, "command": " ".join(cmd), "error": error, "log": tail}
@@ -145,11 +101,7 @@ def run_one(args: argparse.Namespace, spec: str, workload: list, log_dir: Path) 
             result = asyncio.run(run_http(workload, opts))
             wall = time.perf_counter() - t0
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
     summary = summarize(result.records, prefix_hit_rate=result.prefix_hit_rate)
     summary.extra.update(wall_time_s=wall, time_scale=args.time_scale)
     errors = sorted({r.error for r in result.records if not r.ok})[:3]

@@ -62,6 +62,7 @@ def sim_cmd(
     out: OutOpt = Path("bench/out/sim"),
     name: Annotated[str, typer.Option(help="report file name stem")] = "sim",
     plots: Annotated[bool, typer.Option(help="write PNG plots")] = True,
+    records: Annotated[bool, typer.Option(help="per-request records in the JSON")] = True,
 ) -> None:
     """Discrete-event cluster simulation (virtual time, no HTTP) of one or more policies."""
     from rich.console import Console
@@ -104,7 +105,8 @@ def sim_cmd(
         summary = result.summary()
         console.print(
             f"[bold]{pol}[/]: {summary.requests} requests, {result.sim_time:.1f} simulated s "
-            f"in {result.wall_time:.1f} wall s ({result.events} events)"
+            f"in {result.wall_time:.1f} wall s, {result.cpu_time:.1f} CPU s "
+            f"({result.events} events)"
         )
         reports.append(
             RunReport(
@@ -118,7 +120,7 @@ def sim_cmd(
         )
     table = markdown_table([(r.label, r.summary) for r in reports])
     if plots:
-        write_all(out, reports, name)
+        write_all(out, reports, name, records)
     else:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / f"{name}.json", reports, include_records=False)
@@ -143,6 +145,7 @@ def http_cmd(
     out: OutOpt = Path("bench/out/http"),
     name: Annotated[str, typer.Option(help="report file name stem")] = "http",
     endpoint_header: Annotated[str | None, typer.Option(help="response header: engine")] = None,
+    records: Annotated[bool, typer.Option(help="per-request records in the JSON")] = True,
 ) -> None:
     """Open-loop streaming load over HTTP; reports in simulated seconds."""
     from rich.console import Console
@@ -176,7 +179,7 @@ def http_cmd(
         endpoints=list(engine_url or []),
         meta=_meta("http", url=url, workload=workload, opts=opt or [], time_scale=time_scale),
     )
-    md = write_all(out, [report], name)
+    md = write_all(out, [report], name, records)
     failed = [r for r in result.records if not r.ok]
     if failed:
         console.print(f"[red]{len(failed)} failed[/], first: {failed[0].error}")
@@ -193,6 +196,43 @@ def workload_cmd(
     from sluice.bench.workloads.stats import workload_stats
 
     typer.echo(workload_stats(_workload(workload, opt, trace)))
+
+
+@app.command("crosscheck")
+def crosscheck_cmd(
+    workload: WorkloadOpt = "multi_turn",
+    opt: OptsOpt = None,
+    trace: TraceOpt = _DEFAULT_TRACE,
+    engines: Annotated[int, typer.Option(help="simulated engines")] = 2,
+    policy: Annotated[str, typer.Option(help="gateway and simulator policy")] = "round_robin",
+    time_scale: Annotated[float, typer.Option(help="engines' wall s per simulated s")] = 2.0,
+    out: OutOpt = Path("bench/out/crosscheck"),
+    name: Annotated[str, typer.Option(help="report file name stem")] = "crosscheck",
+) -> None:
+    """The same workload via the cluster simulator and via HTTP (gateway + sim engines)."""
+    from sluice.bench.crosscheck import run_crosscheck
+    from sluice.bench.report import RunReport, write_all
+
+    wl = list(_workload(workload, opt, trace))
+    out.mkdir(parents=True, exist_ok=True)
+    check = run_crosscheck(
+        wl, engines=engines, policy=policy, time_scale=time_scale,
+        log_path=out / f"{name}-gateway.log",
+    )  # fmt: skip
+    meta = _meta("crosscheck", engines=engines, policy=policy, time_scale=time_scale)
+    http_label, sim_label = f"http {policy}", f"cluster-sim {policy}"
+    runs = [
+        RunReport(http_label, check.http, check.http_result.records, meta=meta),
+        RunReport(sim_label, check.sim, check.sim_records, meta=meta),
+    ]
+    md = write_all(out, runs, name, records=False)
+    verdict = (
+        f"\nTTFT p50 differs by {check.ttft_p50_diff:.1%}, output throughput by "
+        f"{check.throughput_diff:.1%} (target: within 10%)\n"
+    )
+    with open(md, "a") as f:
+        f.write(verdict)
+    typer.echo(md.read_text())
 
 
 def register(root: typer.Typer) -> None:

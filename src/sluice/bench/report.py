@@ -152,11 +152,13 @@ def plot_load(run: RunReport, path: str | Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def write_all(out_dir: str | Path, runs: Sequence[RunReport], name: str = "run") -> Path:
-    """JSON, Markdown and the three plots into ``out_dir``; returns the Markdown path."""
+def write_all(
+    out_dir: str | Path, runs: Sequence[RunReport], name: str = "run", records: bool = True
+) -> Path:
+    """JSON, Markdown and the plots into ``out_dir``; returns the Markdown path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / f"{name}.json", runs)
+    write_json(out / f"{name}.json", runs, include_records=records)
     md = out / f"{name}.md"
     md.write_text(markdown_table([(r.label, r.summary) for r in runs]))
     plot_ttft_cdf(runs, out / f"{name}-ttft.png")

@@ -38,6 +38,7 @@ class RunResult:
     sim_time: float
     wall_time: float
     events: int
+    cpu_time: float = 0.0  # this process's CPU seconds: the speed figure on a shared machine
     load_series: list[tuple[float, list[int]]] = field(default_factory=list)
 
     @property
@@ -50,6 +51,7 @@ class RunResult:
         s = summarize(self.records, slo, self.itl, self.prefix_hit_rate)
         s.extra.update(
             wall_time_s=self.wall_time,
+            cpu_time_s=self.cpu_time,
             sim_time_s=self.sim_time,
             events=float(self.events),
             engines=float(len(self.engines)),

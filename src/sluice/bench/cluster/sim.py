@@ -82,6 +82,7 @@ def simulate(
     workload request into ``RequestFacts`` (add block hashes for prefix-aware policies).
     """
     wall0 = time.perf_counter()
+    cpu0 = time.process_time()
     pol = make_policy(policy) if isinstance(policy, str) else policy
     handles = (
         [engine_factory(i) for i in range(engines)]
@@ -255,6 +256,7 @@ def simulate(
         engines=reports,
         sim_time=now,
         wall_time=time.perf_counter() - wall0,
+        cpu_time=time.process_time() - cpu0,
         events=events,
         load_series=load_series,
     )
