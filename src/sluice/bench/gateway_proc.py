@@ -1,6 +1,9 @@
-"""Start the Sluice gateway in the foreground in front of given engines, for run_peers.py.
+"""The Sluice gateway as a benchmark subprocess, in the foreground, in front of given engines.
 
-.venv/bin/python bench/peers/sluice_gateway.py --port 9000 --policy least_load URL [URL ...]
+    python -m sluice.bench.gateway_proc --port 9000 --policy least_load URL [URL ...]
+
+Used by ``sluice bench crosscheck`` and ``bench/peers/run_peers.py``, so that the gateway under
+test never shares a process (or a GIL) with the load generator.
 """
 
 from __future__ import annotations
