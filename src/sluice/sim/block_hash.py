@@ -15,14 +15,23 @@ with the same tokenizer computes the very hashes the engine stores and publishes
 from __future__ import annotations
 
 import hashlib
+import struct
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 _MASK64 = (1 << 64) - 1
+_pack_parent = struct.Struct(">Q").pack
 
 
 def _h64(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+@lru_cache(maxsize=64)
+def _token_packer(n: int) -> Callable[..., bytes]:
+    # A compiled struct packs a block's ids about twice as fast as building an array.
+    return struct.Struct(f"<{n}I").pack
 
 
 def root_hash(lora_name: str | None = None, seed: int = 0) -> int:
@@ -35,7 +44,7 @@ def root_hash(lora_name: str | None = None, seed: int = 0) -> int:
 
 def hash_block(parent: int, tokens: Sequence[int]) -> int:
     """Hash of one full block of token ids given its parent's hash."""
-    return _h64((parent & _MASK64).to_bytes(8, "big") + array("I", tokens).tobytes())
+    return _h64(_pack_parent(parent & _MASK64) + _token_packer(len(tokens))(*tokens))
 
 
 def hash_token_blocks(
@@ -48,7 +57,7 @@ def hash_token_blocks(
     """Chained hashes of every full ``block_size``-token block of ``token_ids``."""
     if block_size <= 0:
         raise ValueError("block_size must be positive")
-    data = array("I", token_ids).tobytes()
+    data = array("I", token_ids).tobytes()  # native order: little-endian on every target
     step = block_size * 4
     h = root_hash(lora_name, seed) if parent is None else parent
     out: list[int] = []

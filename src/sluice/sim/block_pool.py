@@ -187,6 +187,25 @@ class BlockPool:
             run.append(h)
         self._emit_stored(run, run_start, block_hashes, token_ids, lora_name)
 
+    def cache_block(
+        self,
+        block: KVBlock,
+        block_hash: int,
+        parent: int | None,
+        token_ids: Sequence[int],
+        lora_name: str | None,
+    ) -> None:
+        """``cache_blocks`` for one block (the decode path fills one at a time);
+        ``token_ids`` are that block's tokens."""
+        if block_hash in self.cached or block.block_hash is not None:
+            return
+        block.block_hash = block_hash
+        self.cached[block_hash] = block
+        if self.record_events:
+            self.events.append(
+                BlockStored([block_hash], parent, list(token_ids), self.block_size, lora_name)
+            )
+
     def _emit_stored(
         self,
         run: list[int],

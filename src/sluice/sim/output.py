@@ -8,12 +8,15 @@ tokens, heavy tail like ShareGPT answers), at which it emits EOS and finishes wi
 
 from __future__ import annotations
 
-import random
+import hashlib
 from dataclasses import dataclass
+from math import exp
+from statistics import NormalDist
 
 NATURAL_LENGTH_MEDIAN = 128
 NATURAL_LENGTH_SIGMA = 0.9
 FILLER_STEP = 7919  # a prime: consecutive filler tokens walk the vocabulary without short cycles
+_STANDARD_NORMAL = NormalDist()
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,14 +36,20 @@ class OutputPlanner:
         self.filler_span = len(filler_ids)
         self.eos_token_id = eos_token_id
 
+    def _draw(self, kind: str, request_id: str) -> int:
+        """64 random bits, a pure function of (seed, kind, request id) in every process."""
+        key = f"{self.seed}:{kind}:{request_id}".encode()
+        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+
     def natural_length(self, request_id: str) -> int:
-        rng = random.Random(f"{self.seed}:len:{request_id}")
-        return max(1, round(rng.lognormvariate(0.0, NATURAL_LENGTH_SIGMA) * NATURAL_LENGTH_MEDIAN))
+        uniform = ((self._draw("len", request_id) >> 11) + 0.5) / 2**53  # in (0, 1)
+        z = _STANDARD_NORMAL.inv_cdf(uniform)
+        return max(1, round(exp(NATURAL_LENGTH_SIGMA * z) * NATURAL_LENGTH_MEDIAN))
 
     def plan(
         self, request_id: str, max_tokens: int, min_tokens: int, ignore_eos: bool
     ) -> OutputPlan:
-        base = random.Random(f"{self.seed}:tok:{request_id}").randrange(self.filler_span)
+        base = self._draw("tok", request_id) % self.filler_span
         if ignore_eos or self.eos_token_id is None:
             return OutputPlan(max_tokens, "length", False, base)
         natural = max(self.natural_length(request_id), min_tokens)

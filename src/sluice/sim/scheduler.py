@@ -195,14 +195,22 @@ class Scheduler:
             budget -= n
 
     def cache(self, seq: Sequence, num_full: int) -> None:
-        self.pool.cache_blocks(
-            seq.block_table,
-            seq.block_hashes,
-            seq.num_cached_blocks,
-            num_full,
-            seq.token_ids,
-            seq.lora_name,
-        )
+        """Register the request's blocks that are now full (up to ``num_full``) in the cache."""
+        first = seq.num_cached_blocks
+        if num_full == first + 1 and self.caching:  # the common case: decode filled one block
+            bs = self.block_size
+            hashes = seq.block_hashes
+            self.pool.cache_block(
+                seq.block_table[first],
+                hashes[first],
+                hashes[first - 1] if first else None,
+                seq.token_ids[first * bs : num_full * bs],
+                seq.lora_name,
+            )
+        else:
+            self.pool.cache_blocks(
+                seq.block_table, seq.block_hashes, first, num_full, seq.token_ids, seq.lora_name
+            )
         seq.num_cached_blocks = num_full
         seq.next_cache_at = (num_full + 1) * self.block_size
 
