@@ -102,9 +102,12 @@ def test_build_routing_keeps_block_units_consistent() -> None:
     )
     facts, router, index = build_routing(cfg, tok.encode)
     assert index is not None and index.tokens_per_block == 32 == facts.block_size
-    assert router.policy.learn is False  # type: ignore[attr-defined]
+    assert router.policy.learn is True  # type: ignore[attr-defined]  # predicts dispatches
     with pytest.raises(ValueError, match="tokenizer"):
         build_routing(cfg)
+    cfg.prefix_index.predict_dispatch = False
+    _, router, _ = build_routing(cfg, tok.encode)
+    assert router.policy.learn is False  # type: ignore[attr-defined]  # events only
     _, router, index = build_routing(RoutingConfig(policy="round_robin"))
     assert index is None
     with pytest.raises(ValueError):

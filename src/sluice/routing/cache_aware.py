@@ -42,9 +42,10 @@ def least_loaded(candidates: Sequence[EndpointState]) -> EndpointState:
 class CacheAwarePolicy(Policy):
     """Base of the policies that read the prefix index.
 
-    ``learn=True`` is the approximate mode: each decision is recorded in the index, as if the
-    chosen engine now caches the prompt. ``learn=False`` is the precise mode: the index is fed by
-    the engines' KV events (``routing.kv_mirror``) and decisions do not write to it.
+    ``learn=True``: each decision is recorded in the index, as if the chosen engine now caches
+    the prompt -- the approximate mode's only source, and in precise mode (index fed by the
+    engines' KV events, ``routing.kv_mirror``) a prediction covering the time until the engine's
+    own BlockStored arrives. ``learn=False``: decisions never write to the index.
     """
 
     def __init__(self, index: PrefixIndex | None = None, learn: bool = True) -> None:

@@ -6,6 +6,7 @@ routing:
   options: {}                 # keyword options of that policy (e.g. cache_threshold: 0.3)
   prefix_index:
     mode: approximate         # approximate (learn from decisions) | precise (KV events) | off
+    predict_dispatch: true    # precise mode: also record each decision until events confirm it
     block_size: 16            # the engines' KV block size (token blocks, precise mode)
     text_block_bytes: 64      # approximate blocks when there is no tokenizer
     default_capacity_blocks: 31250
@@ -47,6 +48,10 @@ class _Section(BaseModel):
 
 class PrefixIndexConfig(_Section):
     mode: Literal["approximate", "precise", "off"] = "approximate"
+    # Precise mode: the engine publishes BlockStored only once a prefill has filled the blocks,
+    # so siblings sent meanwhile would miss; recording each decision at once (as approximate
+    # mode does) covers that window, and the engine's BlockRemoved later evicts it exactly.
+    predict_dispatch: bool = True
     block_size: int = Field(16, ge=1, le=1024)
     text_block_bytes: int = Field(64, ge=4)
     default_capacity_blocks: int = Field(DEFAULT_CAPACITY_BLOCKS, ge=1)
@@ -123,7 +128,9 @@ def build_policy(config: RoutingConfig, index: PrefixIndex | None) -> Policy:
     options = dict(config.options)
     # Only cache-aware policies take an index; round_robin and least_load take no options.
     if index is not None and config.policy not in ("round_robin", "least_load"):
-        options = {"index": index, "learn": config.prefix_index.mode == "approximate", **options}
+        ix = config.prefix_index
+        learn = ix.mode == "approximate" or ix.predict_dispatch
+        options = {"index": index, "learn": learn, **options}
     return make_policy(config.policy, **options)
 
 

@@ -1,0 +1,185 @@
+"""Routing quality on the cluster simulator: TTFT, throughput and prefix-cache hits per policy.
+
+    .venv/bin/python bench/routing_quality.py --workload mooncake --opt speedup=2 --opt limit=3000
+    .venv/bin/python bench/routing_quality.py --workload multi_turn --opt users=96 ...
+
+Each run: fresh simulated engines (H100 / Llama-3.1-8B unless --engine-opt says otherwise) driven
+by the discrete-event cluster simulator (``sluice.bench.cluster``) with the gateway's own policy
+objects. Facts are exact token-block hashes at the engines' block size (a tokenizer configured).
+``approx`` runs learn the prefix index from their own decisions; ``precise`` runs feed it from
+the engines' KV events (``KvEventMirror``), as the gateway's ZMQ subscriber does.
+
+Reports TTFT p50/p99, output throughput, the engines' prefix-cache hit rate and mean KV usage,
+and writes a JSON file and a markdown table (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sluice.bench.cluster.config import engine_config
+from sluice.bench.cluster.engines import EngineHandle
+from sluice.bench.cluster.facts import token_block_facts
+from sluice.bench.cluster.sim import simulate
+from sluice.bench.workloads.registry import build_workload, parse_options
+from sluice.routing import EndpointState, make_policy
+from sluice.routing.kv_mirror import KvEventMirror
+from sluice.routing.policy import Policy
+from sluice.routing.prefix_index import PrefixIndex
+from sluice.sim.engine import Engine
+
+MODEL = "sim-model"
+
+
+class MeteredEngine(EngineHandle):
+    """An engine handle that also samples KV usage at every scrape (the load level)."""
+
+    __slots__ = ("kv_samples",)
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.kv_samples: list[float] = []
+
+    def refresh(self, state: EndpointState) -> None:
+        super().refresh(state)
+        if self.engine.has_unfinished():
+            self.kv_samples.append(state.kv_usage)
+
+
+@dataclass
+class Variant:
+    label: str
+    policy: str
+    mode: str = "approx"  # approx | precise | none
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+VARIANTS = {
+    "round_robin": Variant("round_robin", "round_robin", "none"),
+    "least_load": Variant("least_load", "least_load", "none"),
+    "prefix_affinity": Variant("prefix_affinity (SGLang 0.3/64/1.5)", "prefix_affinity"),
+    "weighted": Variant("weighted (llm-d 3:2:2)", "weighted"),
+    "cost_model": Variant("cost_model", "cost_model"),
+    "cost_model_precise": Variant("cost_model, precise (KV events)", "cost_model", "precise"),
+    "prefix_affinity_precise": Variant(
+        "prefix_affinity, precise (KV events)", "prefix_affinity", "precise"
+    ),
+}
+
+
+def run_variant(
+    variant: Variant,
+    workload_factory: Callable[[], Any],
+    engines: int,
+    engine_opts: list[str],
+    block_size: int,
+) -> dict[str, Any]:
+    cfg = engine_config(options=[f"block_size={block_size}", *engine_opts])
+    handles: list[MeteredEngine] = []
+    index = PrefixIndex(tokens_per_block=block_size)
+    mirror = KvEventMirror(index) if variant.mode == "precise" else None
+
+    def factory(i: int) -> EngineHandle:
+        sink = None
+        if mirror is not None:
+            endpoint_id = f"engine-{i}"
+
+            def sink(events: list, endpoint_id: str = endpoint_id) -> None:
+                mirror.apply_all(endpoint_id, events)
+
+        handle = MeteredEngine(Engine(cfg, kv_event_sink=sink))
+        handles.append(handle)
+        return handle
+
+    if variant.mode == "none":
+        policy: Policy = make_policy(variant.policy, **variant.options)
+    else:
+        # Precise mode predicts each dispatch until the engine's events confirm or evict it
+        # (routing.prefix_index.predict_dispatch, on by default).
+        policy = make_policy(variant.policy, index=index, learn=True, **variant.options)
+    result = simulate(
+        workload_factory(),
+        engines=engines,
+        policy=policy,
+        engine_factory=factory,
+        facts_builder=token_block_facts(MODEL, block_size),
+        model=MODEL,
+    )
+    s = result.summary()
+    kv = [x for h in handles for x in h.kv_samples]
+    return {
+        "variant": variant.label,
+        "requests": s.requests,
+        "failed": s.failed,
+        "ttft_p50_s": round(s.ttft_p50, 4),
+        "ttft_p99_s": round(s.ttft_p99, 4),
+        "ttft_mean_s": round(s.ttft_mean, 4),
+        "e2e_p99_s": round(s.e2e_p99, 3),
+        "output_tok_s": round(s.output_throughput, 1),
+        "request_per_s": round(s.request_throughput, 3),
+        "prefix_hit_rate": None if s.prefix_hit_rate is None else round(s.prefix_hit_rate, 4),
+        "kv_usage_mean": round(sum(kv) / len(kv), 3) if kv else None,
+        "index_blocks": index.stats().blocks if variant.mode != "none" else None,
+        "sim_time_s": round(result.sim_time, 1),
+        "wall_s": round(result.wall_time, 1),
+    }
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| policy | TTFT p50 (s) | TTFT p99 (s) | output tok/s | prefix hit rate | "
+        "mean KV usage | failed |\n|---|---:|---:|---:|---:|---:|---:|\n"
+    )
+    lines = [
+        f"| {r['variant']} | {r['ttft_p50_s']} | {r['ttft_p99_s']} | {r['output_tok_s']} | "
+        f"{r['prefix_hit_rate']} | {r['kv_usage_mean']} | {r['failed']} |"
+        for r in rows
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", default="mooncake")
+    parser.add_argument("--opt", action="append", default=[], help="workload key=value")
+    parser.add_argument("--engine-opt", action="append", default=[], help="EngineConfig k=v")
+    parser.add_argument("--engines", type=int, default=8)
+    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--trace", default="/work/shared/traces/mooncake_conversation.jsonl")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (.md written beside)")
+    args = parser.parse_args()
+    options = parse_options(args.opt)
+
+    def workload() -> Any:
+        return build_workload(args.workload, options, trace=args.trace)
+
+    rows = []
+    for name in args.variants.split(","):
+        t0 = time.perf_counter()
+        row = run_variant(VARIANTS[name], workload, args.engines, args.engine_opt, args.block_size)
+        rows.append(row)
+        print(json.dumps(row), f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    table = markdown(rows)
+    print(table)
+    if args.out:
+        meta = {
+            "date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
+            "workload": args.workload,
+            "options": options,
+            "engines": args.engines,
+            "engine_opts": args.engine_opt,
+            "rows": rows,
+        }
+        args.out.write_text(json.dumps(meta, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(table)
+
+
+if __name__ == "__main__":
+    main()
