@@ -27,7 +27,7 @@ from sluice.bench.report import RunReport, markdown_table, write_all
 from sluice.bench.runner import HttpOptions, run_http
 from sluice.bench.workloads import build_workload
 from sluice.bench.workloads.registry import parse_options
-from sluice.sim.launch import start_engines
+from sluice.sim.launch import EngineStartError, start_engines
 
 HERE = Path(__file__).resolve().parent
 VENVS = HERE / ".venvs"
@@ -71,6 +71,13 @@ def router_command(kind: str, policy: str, port: int, urls: list[str]) -> list[s
 
 
 def run_one(args: argparse.Namespace, spec: str, workload: list, log_dir: Path) -> dict:
+    try:
+        return _run_one(args, spec, workload, log_dir)
+    except EngineStartError as exc:
+        return {"router": spec, "error": f"simulated engines did not start: {exc}"[:2000]}
+
+
+def _run_one(args: argparse.Namespace, spec: str, workload: list, log_dir: Path) -> dict:
     kind, _, policy = spec.partition(":")
     engine_opts = {k: int(v) for k, v in parse_options(args.engine_opt or []).items()}
     with start_engines(
