@@ -8,6 +8,7 @@ the engine aborts); it still settles, with status 499 and outcome ``cancelled``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
 from typing import Any
@@ -168,9 +169,15 @@ async def _watch_disconnect(
             return
 
 
+# Generated ids: a random per-process prefix and a counter (unique, and ~50x cheaper than
+# drawing 16 random bytes per request).
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count(1)
+
+
 def _request_id(given: bytes | None) -> str:
     if given:
         value = given.decode("latin-1")
         if len(value) <= _MAX_REQUEST_ID and value.isprintable():
             return value
-    return secrets.token_hex(16)
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"

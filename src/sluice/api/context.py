@@ -14,6 +14,8 @@ import orjson
 
 from sluice.routing import Decision, EndpointState, RequestFacts
 
+_INCLUDE_USAGE = b',"stream_options":{"include_usage":true}}'
+
 
 @dataclass(slots=True)
 class Usage:
@@ -101,6 +103,11 @@ class RequestContext:
         inject_usage = self.stream and not self.client_wants_usage
         if not (inject_usage or model or self.body_modified):
             return self.raw_body
+        if inject_usage and not (model or self.body_modified) and "stream_options" not in self.body:
+            # The common case, done on bytes: append the key before the closing brace.
+            end = self.raw_body.rstrip()
+            if end.endswith(b"}"):
+                return end[:-1] + _INCLUDE_USAGE
         body = dict(self.body)
         if inject_usage:
             options = body.get("stream_options")

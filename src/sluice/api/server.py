@@ -23,6 +23,8 @@ def uvicorn_config(app: Any, config: SluiceConfig) -> uvicorn.Config:
         http="httptools",
         lifespan="on",
         access_log=False,  # the gateway writes its own line per request
+        proxy_headers=False,  # X-Forwarded-* is not trusted by default (and costs per request)
+        server_header=False,
         log_level="warning",
         timeout_keep_alive=75,
         backlog=4096,

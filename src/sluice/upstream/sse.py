@@ -52,24 +52,23 @@ class StreamTap:
         return rest
 
     def _scan(self, complete: bytes) -> bytes:
-        kept = []
-        dropped = False
-        for event in complete.split(_EVENT_END):
-            if not event:
-                continue
-            if _USAGE_KEY in event:
-                payload = _data_of(event)
-                if payload is not None:
-                    usage = payload.get("usage")
-                    if isinstance(usage, dict):
-                        self.usage = usage
-                        if self._strip_usage and not payload.get("choices"):
-                            dropped = True
-                            continue
-            kept.append(event)
-        if not dropped:
+        # Only the last event that carries usage matters: the final totals (with
+        # continuous_usage_stats every chunk has running totals; the last one is complete).
+        at = complete.rfind(_USAGE_KEY)
+        start = complete.rfind(_EVENT_END, 0, at)
+        start = 0 if start < 0 else start + 2
+        end = complete.find(_EVENT_END, at)
+        end = len(complete) if end < 0 else end + 2
+        payload = _data_of(complete[start:end])
+        if payload is None:
             return complete
-        return b"".join(e + _EVENT_END for e in kept)
+        usage = payload.get("usage")
+        if not isinstance(usage, dict):
+            return complete
+        self.usage = usage
+        if self._strip_usage and not payload.get("choices"):
+            return complete[:start] + complete[end:]
+        return complete
 
 
 def _data_of(event: bytes) -> dict[str, Any] | None:
