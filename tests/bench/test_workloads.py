@@ -1,6 +1,7 @@
 import itertools
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -181,3 +182,25 @@ def test_arrival_rate_of_generated_workload():
     reqs = random_control(RandomConfig(num_requests=2000, input_len=4, output_len=1, rate=20))
     span = reqs[-1].arrival
     assert math.isclose(len(reqs) / span, 20, rel_tol=0.1)
+
+
+REAL_TRACE = Path(__file__).resolve().parents[2] / "../shared/traces/mooncake_conversation.jsonl"
+
+
+@pytest.mark.skipif(not REAL_TRACE.exists(), reason="the Mooncake trace is not next to the repo")
+def test_real_trace_prefix_sharing_matches_hash_ids():
+    rows = read_trace(REAL_TRACE)[:120]
+    reqs = list(mooncake(rows))
+    assert [r.prompt_tokens for r in reqs] == [row.input_length for row in rows]
+    for i in range(0, 120, 7):
+        for j in range(i + 1, 120, 5):
+            a, b = reqs[i], reqs[j]
+            shared_ids = common_prefix(a.block_ids, b.block_ids)
+            tokens = common_prefix(a.prompt, b.prompt)
+            full = min(a.prompt_tokens, b.prompt_tokens)
+            if shared_ids * MOONCAKE_BLOCK >= full:
+                assert tokens == full
+            else:
+                # shared ids give exactly their 512 tokens each (a chance match of a few more
+                # tokens is possible, a whole extra block is not)
+                assert shared_ids * MOONCAKE_BLOCK <= tokens < shared_ids * MOONCAKE_BLOCK + 16
