@@ -10,6 +10,7 @@ from typing import Any
 import uvicorn
 
 from sluice.api.app import build_app
+from sluice.api.extensions import install_extensions
 from sluice.api.gateway import Gateway
 from sluice.api.server import bind, uvicorn_config
 from sluice.config import SluiceConfig, load_config
@@ -31,8 +32,11 @@ def gateway_config(urls: Sequence[str], **overrides: Any) -> SluiceConfig:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(config: SluiceConfig) -> AsyncIterator[tuple[str, Gateway]]:
-    gateway = Gateway(config)
+async def running_gateway(
+    config: SluiceConfig, extensions: tuple[str, ...] = ()
+) -> AsyncIterator[tuple[str, Gateway]]:
+    gateway = Gateway(config, extensions=False)
+    install_extensions(gateway, extensions)
     app = build_app(gateway)
     sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn_config(app, config))

@@ -30,7 +30,7 @@ def build_app(gateway: Gateway) -> Any:
             await gateway.stop()
 
     light = Starlette(
-        routes=light_routes(gateway),
+        routes=[*light_routes(gateway), *gateway.routes],
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error},
     )

@@ -7,7 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 
+from starlette.routing import BaseRoute
+
+from sluice.api.extensions import install_extensions
 from sluice.api.facts import ContextFacts, context_facts, facts_builder_from_config
 from sluice.api.hooks import Hooks
 from sluice.config import ModelConfig, SluiceConfig
@@ -37,6 +41,7 @@ class Gateway:
         hooks: Hooks | None = None,
         policy: Policy | None = None,
         facts_builder: ContextFacts | None = None,
+        extensions: bool = True,
     ) -> None:
         self.config = config
         self.clock = time.monotonic
@@ -68,6 +73,12 @@ class Gateway:
         self.request_log = get_logger("sluice.request")
         self.log = get_logger("sluice.gateway")
         self._tasks: list[asyncio.Task[None]] = []
+        # Filled by extensions (``api/extensions.py``): extra routes and lifecycle coroutines.
+        self.routes: list[BaseRoute] = []
+        self.on_startup: list[Callable[[], Awaitable[None]]] = []
+        self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
+        if extensions:
+            install_extensions(self)
         # Prefix index metrics, and in precise mode the engines' KV events feeding the index.
         self.kv_subscriber: KvEventSubscriber | None = None
         index = getattr(policy, "index", None)
@@ -81,6 +92,8 @@ class Gateway:
 
     async def start(self) -> None:
         await self.client.start()
+        for startup in self.on_startup:
+            await startup()
         # One probe round first, so /v1/models and routing know the engines' models at once.
         await self.prober.probe_once()
         self._tasks.append(asyncio.create_task(self.prober.run(), name="sluice-health"))
@@ -103,6 +116,11 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        for shutdown in self.on_shutdown:
+            try:
+                await shutdown()
+            except Exception:
+                self.log.exception("shutdown_hook_failed")
         await self.client.close()
 
     def known_model(self, model: str) -> bool:
