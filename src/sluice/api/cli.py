@@ -49,11 +49,15 @@ def up(
 
 
 def serve(
-    config: Annotated[Path, typer.Option("--config", "-c", help="sluice.yaml")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="sluice.yaml")] = None,
+    endpoint: Annotated[
+        list[str] | None,
+        typer.Option("--endpoint", "-e", help="Engine URL (repeatable); adds to the config's"),
+    ] = None,
     port: Annotated[int | None, typer.Option(help="Override server.port")] = None,
     host: Annotated[str | None, typer.Option(help="Override server.host")] = None,
 ) -> None:
-    """Run the gateway in front of the engines listed in the config file."""
+    """Run the gateway in front of real engines (from the config file and/or --endpoint)."""
     import uvicorn
 
     from sluice.api.app import build_app
@@ -66,14 +70,16 @@ def serve(
         overrides["server.port"] = port
     if host is not None:
         overrides["server.host"] = host
+    if endpoint:
+        overrides["endpoints"] = [*_file_endpoints(config), *({"url": u} for u in endpoint)]
     cfg = _load(config, overrides)
     if not cfg.endpoints:
-        _fail(f"{config}: no endpoints configured (add an `endpoints:` list of engine URLs)")
+        _fail("no endpoints: list engine URLs under `endpoints:` in the config or use --endpoint")
     configure_logging(cfg.logging.level)
     try:
         gateway = Gateway(cfg)
     except ValueError as exc:
-        _fail(f"{config}: {exc}")
+        _fail(f"{config or 'configuration'}: {exc}")
     sock = bind(cfg.server.host, cfg.server.port)
     typer.echo(f"sluice gateway on http://{cfg.server.host}:{sock.getsockname()[1]}", err=True)
     uvicorn.Server(uvicorn_config(build_app(gateway), cfg)).run(sockets=[sock])
@@ -89,6 +95,13 @@ def _load(path: Path | None, overrides: dict[str, Any]) -> SluiceConfig:
         return load_config(path, overrides=overrides)
     except ConfigError as exc:
         _fail(str(exc))
+
+
+def _file_endpoints(path: Path | None) -> list[Any]:
+    """The config file's endpoints as plain data, so --endpoint adds to them."""
+    if path is None:
+        return []
+    return [e.model_dump() for e in _load(path, {}).endpoints]
 
 
 def _fail(message: str) -> Any:

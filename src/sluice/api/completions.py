@@ -145,14 +145,15 @@ async def _fail(ctx: RequestContext, send: Send, err: ApiError) -> None:
     if ctx.response_started:
         return
     ctx.response_started = ctx.response_done = True
+    body = error_body(err.message, err.type, err.param, err.code)
     headers = [
         (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
         (b"x-request-id", ctx.request_id.encode()),
         *err.headers,
         *ctx.response_headers,
     ]
     await send({"type": "http.response.start", "status": err.status, "headers": headers})
-    body = error_body(err.message, err.type, err.param, err.code)
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

@@ -144,13 +144,10 @@ async def _whole(
     ctx.outcome = OK
     ctx.response_started = ctx.response_done = True
     content_type = response.headers.get("Content-Type", "application/json").encode("latin-1")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": _headers(gw, ctx, content_type),
-        }
-    )
+    headers = _headers(gw, ctx, content_type)
+    # A known length spares the client (and uvicorn) chunked framing.
+    headers.append((b"content-length", str(len(data)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
