@@ -1,0 +1,213 @@
+"""The audit writer: off the request path, batched, bounded, and loses nothing.
+
+``submit`` (synchronous, a few microseconds) appends the row to the current journal segment and
+to a bounded in-memory batch. A background task rotates the segment every ``flush_interval`` (or
+when ``batch_size`` rows are waiting), inserts its rows in one transaction and deletes it. When the
+in-memory queue overflows, the segment is inserted from its file instead; when the database is
+down, the segment stays on disk (a spill) and is replayed, with every other unclaimed segment in
+the spill directory, once the database answers again. Inserts ignore duplicate request ids, so a
+replay after a crash between commit and delete is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from sluice.governance.ledger import journal
+from sluice.governance.ledger.metrics import (
+    DB_UP,
+    LAG,
+    PENDING_SEGMENTS,
+    QUEUE_DEPTH,
+    REPLAYED,
+    SPILLED,
+    WRITTEN,
+)
+from sluice.governance.ledger.record import AuditRecord
+from sluice.governance.ledger.schema import audit_log
+
+log = structlog.get_logger("sluice.governance.ledger")
+
+
+class AuditWriter:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        spill_dir: str | Path,
+        batch_size: int = 500,
+        flush_interval: float = 0.2,
+        max_queue: int = 10_000,
+        replay_interval: float = 2.0,
+    ) -> None:
+        self._engine = engine
+        self._dir = Path(spill_dir)
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._max_queue = max_queue
+        self._replay_interval = replay_interval
+        self._segment: journal.Segment | None = None
+        self._queued = 0  # rows held in memory across segments being written
+        self._n = 0
+        self._spilled_segments = 0
+        self._kick = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._db_ok = True
+        self._next_replay = 0.0
+        self._closing = False
+
+    # -- request path -------------------------------------------------------------------------
+
+    def submit(self, record: AuditRecord | dict[str, Any]) -> None:
+        row = record.row() if isinstance(record, AuditRecord) else record
+        seg = self._segment
+        if seg is None:
+            seg = self._segment = self._open_segment()
+        keep = self._queued < self._max_queue
+        if not keep and seg.complete:
+            SPILLED.labels("overflow").inc(seg.count + 1)
+            self._queued -= len(seg.rows)
+        elif not seg.complete:
+            SPILLED.labels("overflow").inc()
+        seg.append(row, journal.encode(row), keep)
+        if seg.complete:
+            self._queued += 1
+        QUEUE_DEPTH.set(self._queued)
+        if seg.count >= self._batch_size:
+            self._kick.set()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        await self.replay()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        """Write what is queued (or leave it on disk for the next start)."""
+        self._closing = True
+        self._kick.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+
+    async def _run(self) -> None:
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._flush_interval):
+                    await self._kick.wait()
+            self._kick.clear()
+            try:
+                await self.flush()
+                if time.monotonic() >= self._next_replay and (
+                    self._spilled_segments or not self._db_ok
+                ):
+                    await self.replay()
+            except Exception as exc:  # keep the writer alive whatever happens
+                log.error("audit writer step failed", error=type(exc).__name__)
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def _open_segment(self) -> journal.Segment:
+        self._n += 1
+        name = f"audit-{os.getpid()}-{time.time_ns()}-{self._n}.jsonl"
+        return journal.Segment(self._dir / name)
+
+    async def flush(self) -> None:
+        """Rotate the current segment and commit its rows (or keep it on disk as a spill)."""
+        async with self._lock:
+            seg = self._segment
+            if seg is None or seg.count == 0:
+                LAG.set(0.0)
+                return
+            self._segment = None
+            rows = seg.rows if seg.complete else journal.read_rows(seg.path)
+            if seg.complete:
+                self._queued -= len(rows)
+                QUEUE_DEPTH.set(self._queued)
+            LAG.set(time.time() - (seg.first_ts or time.time()))
+            if not self._db_ok and time.monotonic() < self._next_replay:
+                self._spill(seg, "database")
+                return
+            try:
+                await self._insert(rows)
+            except Exception as exc:
+                self._db_failed(exc)
+                self._spill(seg, "database")
+                return
+            self._db_recovered()
+            WRITTEN.inc(len(rows))
+            seg.close(delete=True)
+            LAG.set(0.0)
+
+    def _spill(self, seg: journal.Segment, reason: str) -> None:
+        if seg.complete:  # overflowed rows were counted at submit
+            SPILLED.labels(reason).inc(seg.count)
+        seg.close(delete=False)
+        self._spilled_segments += 1
+        PENDING_SEGMENTS.set(self._spilled_segments)
+
+    async def replay(self) -> int:
+        """Insert every unclaimed segment in the spill directory; returns rows replayed."""
+        self._next_replay = time.monotonic() + self._replay_interval
+        total = 0
+        remaining = 0
+        for path, fd in list(journal.claim_unlocked(self._dir)):
+            try:
+                rows = journal.read_rows(path)
+                try:
+                    await self._insert(rows)
+                except Exception as exc:
+                    self._db_failed(exc)
+                    remaining += 1
+                    continue
+                self._db_recovered()
+                path.unlink(missing_ok=True)
+                REPLAYED.inc(len(rows))
+                WRITTEN.inc(len(rows))
+                total += len(rows)
+            finally:
+                os.close(fd)
+        self._spilled_segments = remaining
+        PENDING_SEGMENTS.set(remaining)
+        if total:
+            log.info("audit rows replayed from spill files", rows=total)
+        return total
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        dialect = self._engine.dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = insert(audit_log).on_conflict_do_nothing(index_elements=["request_id"])
+        async with self._engine.begin() as conn:
+            for i in range(0, len(rows), self._batch_size):
+                await conn.execute(stmt, rows[i : i + self._batch_size])
+
+    def _db_failed(self, exc: BaseException) -> None:
+        self._next_replay = time.monotonic() + self._replay_interval
+        if self._db_ok:
+            self._db_ok = False
+            DB_UP.set(0)
+            log.warning(
+                "audit database unavailable; rows spill to disk",
+                error=type(exc).__name__,
+                spill_dir=str(self._dir),
+            )
+
+    def _db_recovered(self) -> None:
+        if not self._db_ok:
+            self._db_ok = True
+            DB_UP.set(1)
+            log.warning("audit database reachable again; replaying spills")
