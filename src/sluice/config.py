@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sluice.admission.config import AdmissionConfig
+from sluice.governance.config import GovernanceConfig
 from sluice.routing.config import RoutingConfig
 
 ENV_PREFIX = "SLUICE__"
@@ -132,6 +134,9 @@ class SluiceConfig(Section):
     endpoints: list[EndpointConfig] = Field(default_factory=list)
     # LoRA adapter name -> path on the engines, for loading an adapter where routing asks.
     adapters: dict[str, str] = Field(default_factory=dict)
+    # Auth, limits, priority queue (sluice.admission) and keys/ledger/registry (sluice.governance).
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    governance: GovernanceConfig = Field(default_factory=GovernanceConfig)
 
 
 def load_config(

@@ -6,13 +6,20 @@ with ``migrate(engine)`` (``sluice up`` and the gateway call it at startup; idem
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+log = structlog.get_logger("sluice.governance.db")
 
 DEFAULT_URL = "sqlite+aiosqlite:///sluice.db"
 
@@ -62,3 +69,78 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
 
     async with engine.begin() as conn:
         await conn.run_sync(_upgrade)
+
+
+class Database:
+    """The engine shared by keys, the ledger and the admin API within one gateway process.
+
+    Created lazily in the gateway's event loop (``start``) and migrated once.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: AsyncEngine | None = None
+        # Run at shutdown before the engine is disposed (final ledger flush, limiter close).
+        self.before_stop: list[Callable[[], Awaitable[None]]] = []
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("database not started")
+        return self._engine
+
+    async def start(self) -> None:
+        if self._engine is None:
+            self._engine = make_engine(self.url)
+            await migrate_locked(self._engine, self.url)
+
+    async def stop(self) -> None:
+        for step in reversed(self.before_stop):
+            try:
+                await step()
+            except Exception as exc:
+                log.error(
+                    "shutdown step failed",
+                    step=getattr(step, "__qualname__", "?"),
+                    error=type(exc).__name__,
+                )
+        self.before_stop.clear()
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+
+async def migrate_locked(engine: AsyncEngine, url: str) -> None:
+    """``migrate`` under a cross-process lock (several replicas may start at once)."""
+    if engine.dialect.name == "postgresql":
+
+        def _upgrade(conn: Connection) -> None:
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7311520)")
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+        return
+    path = normalise_url(url).split("///", 1)[-1]
+    if not path or path.startswith(":memory:"):
+        await migrate(engine)
+        return
+    lock_fd = os.open(path + ".migrate-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, lock_fd, fcntl.LOCK_EX)
+        await migrate(engine)
+    finally:
+        os.close(lock_fd)
+
+
+def database_for(gateway: Any, url: str) -> Database:
+    """The one ``Database`` of a gateway, started before and stopped after its extensions."""
+    db = getattr(gateway, "_sluice_database", None)
+    if db is None:
+        db = Database(url)
+        gateway._sluice_database = db
+        gateway.on_startup.insert(0, db.start)
+        gateway.on_shutdown.append(db.stop)
+    return db

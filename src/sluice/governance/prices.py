@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 _PER = 1_000_000
 
@@ -13,6 +13,8 @@ class Prices(BaseModel):
     ``gpu_hour_usd`` with ``gpu_tokens_per_hour`` (the tokens one GPU-hour serves, measured)
     adds ``gpu_hour_usd * tokens / gpu_tokens_per_hour`` to every request.
     """
+
+    model_config = ConfigDict(extra="forbid")
 
     input_per_m: float = Field(0.0, ge=0)
     output_per_m: float = Field(0.0, ge=0)

@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from sluice.governance.prices import Prices
 
 
 class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str
     version: str = ""
     revision: str = ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from sluice.admission.limits.buckets import Plan, Verdict
+from sluice.admission.limits.buckets import Kind, Plan, RateBucket, Verdict
 
 
 class Limiter(ABC):
@@ -22,14 +22,22 @@ class Limiter(ABC):
     async def reserve(self, plan: Plan, ticket_id: str, slot_ttl: float) -> Verdict: ...
 
     @abstractmethod
-    async def settle(self, plan: Plan, ticket_id: str, actual_tokens: int | None) -> None: ...
+    async def settle(
+        self, plan: Plan, ticket_id: str, actual_tokens: int | None, served: bool = True
+    ) -> None:
+        """Give back unused token estimates, free slots; ``served=False`` (the request never
+        reached an engine: queue refusal, unknown model) also gives the request back."""
 
     async def close(self) -> None:
         """Release connections (nothing to do for in-process backends)."""
 
 
-def token_refund(cost: int, actual_tokens: int | None) -> int:
-    """Units to give back to a token bucket: the estimate minus the real count (may be < 0)."""
+def refund(bucket: RateBucket, actual_tokens: int | None, served: bool) -> int:
+    """Units to give back to a rate bucket at settle (negative: charge more)."""
+    if bucket.kind is Kind.REQUESTS:
+        return 0 if served else bucket.cost
+    if not served:
+        return bucket.cost
     if actual_tokens is None:
         return 0
-    return cost - max(0, actual_tokens)
+    return bucket.cost - max(0, actual_tokens)

@@ -71,18 +71,25 @@ class FailoverLimiter(Limiter):
             backend=self.primary.name,
         )
 
-    async def settle(self, plan: Plan, ticket_id: str, actual_tokens: int | None) -> None:
-        # Settle where the reservation was made; tickets carry the backend name.
-        await self.primary.settle(plan, ticket_id, actual_tokens)
+    async def settle(
+        self, plan: Plan, ticket_id: str, actual_tokens: int | None, served: bool = True
+    ) -> None:
+        await self.settle_on(self.primary.name, plan, ticket_id, actual_tokens, served)
 
     async def settle_on(
-        self, backend: str, plan: Plan, ticket_id: str, actual_tokens: int | None
+        self,
+        backend: str,
+        plan: Plan,
+        ticket_id: str,
+        actual_tokens: int | None,
+        served: bool = True,
     ) -> None:
+        """Settle where the reservation was made (``Verdict.backend``)."""
         if backend == self.fallback.name:
-            self.fallback.settle_now(plan, ticket_id, actual_tokens)
+            self.fallback.settle_now(plan, ticket_id, actual_tokens, served)
             return
         try:
-            await self.primary.settle(plan, ticket_id, actual_tokens)
+            await self.primary.settle(plan, ticket_id, actual_tokens, served)
         except _ERRORS as exc:
             # The reservation stays until its slots and buckets expire on their own.
             self._failed(exc)

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 from sluice.admission.limits import gcra
-from sluice.admission.limits.base import Limiter, token_refund
+from sluice.admission.limits.base import Limiter, refund
 from sluice.admission.limits.buckets import BucketState, Kind, Plan, Verdict
 
 _SWEEP_EVERY = 4096
@@ -53,15 +53,18 @@ class MemoryLimiter(Limiter):
                 self._slots.setdefault(s.name, {})[ticket_id] = now + slot_ttl
         return verdict
 
-    async def settle(self, plan: Plan, ticket_id: str, actual_tokens: int | None) -> None:
-        self.settle_now(plan, ticket_id, actual_tokens)
+    async def settle(
+        self, plan: Plan, ticket_id: str, actual_tokens: int | None, served: bool = True
+    ) -> None:
+        self.settle_now(plan, ticket_id, actual_tokens, served)
 
-    def settle_now(self, plan: Plan, ticket_id: str, actual_tokens: int | None) -> None:
+    def settle_now(
+        self, plan: Plan, ticket_id: str, actual_tokens: int | None, served: bool = True
+    ) -> None:
         for b in plan.rates:
-            if b.kind is not Kind.TOKENS or b.name not in self._tat:
-                continue
-            units = token_refund(b.cost, actual_tokens)
-            self._tat[b.name] = gcra.refund(self._tat[b.name], units, b.limit, b.period)
+            units = refund(b, actual_tokens, served)
+            if units and b.name in self._tat:
+                self._tat[b.name] = gcra.refund(self._tat[b.name], units, b.limit, b.period)
         for s in plan.slots:
             holders = self._slots.get(s.name)
             if holders is not None:

@@ -9,7 +9,7 @@ from importlib import resources
 
 from redis.asyncio import Redis
 
-from sluice.admission.limits.base import Limiter, token_refund
+from sluice.admission.limits.base import Limiter, refund
 from sluice.admission.limits.buckets import BucketState, Kind, Plan, Verdict
 
 _US = 1_000_000
@@ -55,15 +55,16 @@ class RedisLimiter(Limiter):
                 verdict.refused_by = s.name
         return verdict
 
-    async def settle(self, plan: Plan, ticket_id: str, actual_tokens: int | None) -> None:
-        tokens = [b for b in plan.rates if b.kind is Kind.TOKENS]
-        keys = [self.key(b.name) for b in tokens] + [self.key(s.name) for s in plan.slots]
+    async def settle(
+        self, plan: Plan, ticket_id: str, actual_tokens: int | None, served: bool = True
+    ) -> None:
+        moved = [(b, refund(b, actual_tokens, served)) for b in plan.rates]
+        moved = [(b, units) for b, units in moved if units]
+        keys = [self.key(b.name) for b, _ in moved] + [self.key(s.name) for s in plan.slots]
         if not keys:
             return
-        args: list[str | int] = [ticket_id, len(tokens)]
-        for b in tokens:
-            units = token_refund(b.cost, actual_tokens)
-            args.append(-round(units * b.period * _US / b.limit))
+        args: list[str | int] = [ticket_id, len(moved)]
+        args += [-round(units * b.period * _US / b.limit) for b, units in moved]
         await self._settle(keys=keys, args=args)
 
     async def close(self) -> None:
