@@ -63,7 +63,9 @@ async def sim_server() -> AsyncIterator[StartServer]:
         )
         server = SimServer(options)
         sock = bind_socket("127.0.0.1", 0)
-        config = uvicorn.Config(server.app, log_level="warning", access_log=False)
+        config = uvicorn.Config(
+            server.app, log_level="warning", access_log=False, proxy_headers=False
+        )
         uv = uvicorn.Server(config)
         uv.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # pytest's
         task = asyncio.create_task(uv.serve(sockets=[sock]))

@@ -48,6 +48,7 @@ def serve(options: ServerOptions, sock: socket.socket, log_level: str = "warning
         server.app,
         log_level=log_level,
         access_log=False,
+        proxy_headers=False,
         lifespan="on",
         timeout_graceful_shutdown=2,
     )

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -51,7 +51,7 @@ class ServerOptions:
 
 
 class SimServer:
-    """One engine, its runner, metrics and LoRA registry; ``app`` is the ASGI application."""
+    """One engine, its runner, metrics and LoRA registry; the object is the ASGI application."""
 
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
@@ -80,11 +80,31 @@ class SimServer:
             publish=self._publish,
             pending_events=self._pending_events,
         )
-        self.app = Starlette(
+        self._starlette = Starlette(
             routes=self._routes(),
             lifespan=self._lifespan,
             exception_handlers={HTTPException: _http_exception},
         )
+        self._generation_paths: dict[str, fmt.Kind] = {
+            "/v1/chat/completions": "chat",
+            "/v1/completions": "completion",
+        }
+
+    @property
+    def app(self) -> SimServer:
+        """The ASGI application (this object; see ``__call__``)."""
+        return self
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point. Generation requests skip Starlette's routing and middleware,
+        which would otherwise wrap every streamed chunk's ``send`` twice."""
+        if scope["type"] == "http" and scope["method"] == "POST":
+            kind = self._generation_paths.get(scope["path"])
+            if kind is not None:
+                response = await self._generate(Request(scope, receive), kind)
+                await response(scope, receive, send)
+                return
+        await self._starlette(scope, receive, send)
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -178,6 +198,8 @@ class SimServer:
             return _error(exc)
         except RequestError as exc:
             return _error(fmt.APIError(400, str(exc)))
+        except ClientDisconnect:
+            return Response(status_code=499)  # gone before its body arrived; nobody reads this
         return GenerationResponse(self, handle, parsed, model)
 
     def _resolve_model(self, model: str | None) -> tuple[str, str | None]:
@@ -402,9 +424,6 @@ class GenerationResponse(Response):
                 self.server.runner.abort(self.handle.request_id)
                 return
 
-    async def _next(self) -> RequestOutput | None:
-        return await self.handle.queue.get()
-
     async def _stream(self, send: Send) -> None:
         parsed, handle = self.parsed, self.handle
         encoder = fmt.ChunkEncoder(parsed.kind, handle.request_id, self.model)
@@ -414,29 +433,40 @@ class GenerationResponse(Response):
             await send({"type": "http.response.body", "body": encoder.role(), "more_body": True})
         generated = 0
         emitted_text = False
+        queue = self.handle.queue
         while True:
-            out = await self._next()
-            if out is None:
-                if self.server.runner.failure is not None:
-                    body = encoder.error(500, "The engine failed.") + fmt.DONE
-                    await send({"type": "http.response.body", "body": body})
-                return  # aborted: the client is gone
-            generated += len(out.new_token_ids)
-            text = decode(out.new_token_ids) if out.new_token_ids else ""
-            if text:
-                # Word pieces decode without their separating space; chunks must concatenate
-                # to the non-streamed text.
-                text, emitted_text = (" " + text if emitted_text else text), True
-            usage = None
-            if parsed.continuous_usage_stats:
-                usage = fmt.usage_dict(out.num_prompt_tokens, generated, out.num_cached_tokens)
-            if not out.finished:
+            out = await queue.get()
+            # Everything already queued goes out in one write: under load a stream can be a
+            # step or two behind, and one syscall per chunk is the server's main cost.
+            body = b""
+            while True:
+                if out is None:
+                    if self.server.runner.failure is not None:
+                        body += encoder.error(500, "The engine failed.") + fmt.DONE
+                        await send({"type": "http.response.body", "body": body})
+                    return  # aborted: the client is gone
+                generated += len(out.new_token_ids)
+                text = decode(out.new_token_ids) if out.new_token_ids else ""
                 if text:
-                    chunk = encoder.delta(text, usage)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    # Word pieces decode without their separating space; chunks must
+                    # concatenate to the non-streamed text.
+                    text, emitted_text = (" " + text if emitted_text else text), True
+                usage = None
+                if parsed.continuous_usage_stats:
+                    usage = fmt.usage_dict(out.num_prompt_tokens, generated, out.num_cached_tokens)
+                if out.finished:
+                    break
+                if text:
+                    body += encoder.delta(text, usage)
+                if queue.empty():
+                    break
+                out = queue.get_nowait()
+            if out is None or not out.finished:
+                if body:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
                 continue
             self._finished = True
-            body = encoder.final(text, out.finish_reason or "stop", usage)
+            body += encoder.final(text, out.finish_reason or "stop", usage)
             if parsed.include_usage:
                 total = fmt.usage_dict(out.num_prompt_tokens, generated, out.num_cached_tokens)
                 body += encoder.usage(total, {"sim_timing": _timing(out)})
@@ -446,7 +476,7 @@ class GenerationResponse(Response):
     async def _collect(self, send: Send) -> None:
         pieces: list[int] = []
         while True:
-            out = await self._next()
+            out = await self.handle.queue.get()
             if out is None:
                 if self.server.runner.failure is not None:
                     await _send_whole(send, 500, fmt.error_body(500, "The engine failed."))
