@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sluice.admission.limits import gcra
@@ -69,6 +69,7 @@ def test_refund_gives_back_unused_estimate() -> None:
     assert not gcra.check(tat, 100.0, 41, 100, 60.0).allowed
 
 
+@settings(deadline=None, max_examples=200)
 @given(
     costs=st.lists(st.integers(1, 30), min_size=1, max_size=80),
     limit=st.integers(1, 200),
