@@ -177,3 +177,32 @@ async def test_running_and_lora_gauges_during_a_request(sim_server: StartServer)
     (lora,) = families["vllm:lora_requests_info"].samples  # type: ignore[attr-defined]
     assert lora.labels["running_lora_adapters"] == "sql"
     assert lora.labels["max_lora"] == "2"
+
+
+def test_light_histogram_matches_prometheus_client() -> None:
+    """Same exposition as ``prometheus_client.Histogram`` for the same samples, edges included."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from sluice.sim.metrics import LightHistogram
+
+    samples = [0.0, 0.001, 0.0011, 0.02, 0.5, 0.75, 2560.0, 3000.0, 7.5, 7.4999]
+    registry = CollectorRegistry()
+    reference = Histogram(
+        "h", "doc", ["model_name", "engine"], registry=registry, buckets=TTFT_BUCKETS
+    )
+    light = LightHistogram("h", "doc", TTFT_BUCKETS)
+    for value in samples:
+        reference.labels("m", "0").observe(value)
+        light.observe(value)
+
+    def buckets(families: object) -> dict[str, float]:
+        return {
+            s.labels["le"]: s.value
+            for f in families  # type: ignore[attr-defined]
+            for s in f.samples
+            if s.name == "h_bucket"
+        }
+
+    expected = buckets(text_string_to_metric_families(generate_latest(registry).decode()))
+    assert buckets([light.family(["model_name", "engine"], ["m", "0"])]) == expected
+    assert light.count == len(samples) and light.sum == sum(samples)
