@@ -14,6 +14,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
+NICE: list[str] = []
 
 
 @dataclass
@@ -63,7 +65,7 @@ def to_ms(text: str) -> float:
 
 
 def wrk(url: str, script: Path, connections: int, duration: int) -> WrkResult:
-    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s"]
+    cmd = [*NICE, "taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s"]
     cmd += ["--latency", "-s", str(script), url]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
@@ -93,12 +95,49 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return rss / 1024, hwm / 1024
 
 
+def floor_rows(root: Path, script: Path, conns: list[int], duration: int) -> None:
+    """Bare uvicorn on the gateway's core, answering the same JSON body without an upstream."""
+    port = free_port()
+    floor = subprocess.Popen(
+        [*NICE, "taskset", "-c", "0", sys.executable, str(HERE / "floor_app.py"), str(port),
+         str(root / "www" / "chat.json")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(2)
+        print("\nFloor (bare uvicorn + uvloop + httptools, canned JSON, no upstream, core 0):\n")
+        print("| conns | req/s | p50 | p99 | CPU µs/req |")
+        print("|---|---|---|---|---|")
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        for c in conns:
+            before = cpu_seconds(floor.pid)
+            result = wrk(url, script, c, duration)
+            used = cpu_seconds(floor.pid) - before
+            print(
+                f"| {c} | {result.rps:,.0f} | {result.p50_ms:.3f} ms | {result.p99_ms:.3f} ms "
+                f"| {used * 1e6 / max(1, result.requests):.0f} |",
+                flush=True,
+            )
+    finally:
+        floor.terminate()
+        floor.wait(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", default="1,32,128")
     parser.add_argument("--no-request-log", action="store_true")
+    parser.add_argument("--floor", action="store_true", help="also measure bare uvicorn")
+    parser.add_argument(
+        "--nice", type=int, default=0, help="run gateway, nginx and wrk at this nice level"
+    )
     args = parser.parse_args()
+    # Stopped with SIGTERM: still stop the gateway and nginx (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    global NICE
+    NICE = ["nice", "-n", str(args.nice)] if args.nice else []
     conns = [int(c) for c in args.connections.split(",")]
     for tool in ("nginx", "wrk", "taskset"):
         if shutil.which(tool) is None and not Path("/usr/sbin/nginx").exists():
@@ -112,7 +151,9 @@ def main() -> None:
         conf = conf.replace(key, str(value))
     (root / "nginx.conf").write_text(conf)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    subprocess.run(["taskset", "-c", "1", nginx, "-p", str(root), "-c", "nginx.conf"], check=True)
+    subprocess.run(
+        [*NICE, "taskset", "-c", "1", nginx, "-p", str(root), "-c", "nginx.conf"], check=True
+    )
     (root / "gateway.yaml").write_text(
         f"server: {{port: {gw_port}}}\n"
         f"logging: {{requests: {'false' if args.no_request_log else 'true'}}}\n"
@@ -122,7 +163,7 @@ def main() -> None:
     )
     sluice = REPO / ".venv" / "bin" / "sluice"
     gateway = subprocess.Popen(
-        ["taskset", "-c", "0", str(sluice), "serve", "--config", str(root / "gateway.yaml")],
+        [*NICE, "taskset", "-c", "0", str(sluice), "serve", "--config", str(root / "gateway.yaml")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -139,13 +180,14 @@ def main() -> None:
         )
         print(
             f"request log: {'off' if args.no_request_log else 'on (to /dev/null)'}; "
-            f"duration {args.duration}s per run\n"
+            f"duration {args.duration}s per run; nice {args.nice}\n"
         )
         print(
             "| mode | conns | direct req/s | gateway req/s | direct p50 | gateway p50 | added p50 "
-            "| direct p99 | gateway p99 | added p99 | gw CPU µs/req | gw RSS MB (peak) | errors |"
+            "| direct p99 | gateway p99 | added p99 | gw CPU µs/req | req/s per gw CPU-second "
+            "| gw RSS MB (peak) | errors direct/gw |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         ports = {"json": json_port, "sse": sse_port}
         for mode in ("json", "sse"):
             # Warm the gateway's connection pool and code paths.
@@ -169,9 +211,12 @@ def main() -> None:
                     f"| {direct.p99_ms:.3f} ms | {through.p99_ms:.3f} ms "
                     f"| {through.p99_ms - direct.p99_ms:+.3f} ms "
                     f"| {used * 1e6 / max(1, through.requests):.0f} "
+                    f"| {through.requests / max(used, 1e-9):,.0f} "
                     f"| {rss:.0f} ({peak:.0f}) | {direct.errors}/{through.errors} |",
                     flush=True,
                 )
+        if args.floor:
+            floor_rows(root, scripts["json"], conns, args.duration)
     finally:
         gateway.terminate()
         gateway.wait(10)

@@ -50,7 +50,7 @@ class CompletionsHandler:
         try:
             try:
                 try:
-                    ctx.raw_body = await read_body(scope, receive, self._limit)
+                    ctx.raw_body = await read_body(headers, receive, self._limit)
                     parse_into(ctx, ctx.raw_body)
                     watcher = asyncio.get_running_loop().create_task(
                         _watch_disconnect(receive, ctx, asyncio.current_task())

@@ -73,6 +73,8 @@ class Gateway:
         self.request_log = get_logger("sluice.request")
         self.log = get_logger("sluice.gateway")
         self._tasks: list[asyncio.Task[None]] = []
+        self._known: dict[str, bool] = {}
+        self._known_generation = -1
         # Filled by extensions (``api/extensions.py``): extra routes and lifecycle coroutines.
         self.routes: list[BaseRoute] = []
         self.on_startup: list[Callable[[], Awaitable[None]]] = []
@@ -126,9 +128,21 @@ class Gateway:
     def known_model(self, model: str) -> bool:
         """Configured, versioned, served by an engine, or possibly served (an engine whose
         list is not known yet)."""
-        if model in self.models or model in self.router.versions.models:
-            return True
-        return any(not s.endpoint.models or model in s.endpoint.models for s in self.fleet.states)
+        if self._known_generation != self.fleet.generation:
+            self._known.clear()
+            self._known_generation = self.fleet.generation
+        known = self._known.get(model)
+        if known is None:
+            known = (
+                model in self.models
+                or model in self.router.versions.models
+                or any(
+                    not s.endpoint.models or model in s.endpoint.models for s in self.fleet.states
+                )
+            )
+            if len(self._known) < 10_000:  # bounded: clients choose the names
+                self._known[model] = known
+        return known
 
     def _ejected(self, state: EndpointState) -> None:
         self.metrics.ejections.labels(state.id).inc()

@@ -21,17 +21,16 @@ COMPLETIONS_PATH = "/v1/completions"
 _PROMPT_FIELD = {CHAT_PATH: "messages", COMPLETIONS_PATH: "prompt"}
 
 
-async def read_body(scope: dict[str, Any], receive: Receive, limit: int) -> bytes:
+async def read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes:
     """The whole body, or 413 as soon as it is known to exceed ``limit``."""
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                declared = int(value)
-            except ValueError:
-                raise ApiError(400, "invalid Content-Length header") from None
-            if declared > limit:
-                raise _too_large(limit)
-            break
+    length = headers.get(b"content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError:
+            raise ApiError(400, "invalid Content-Length header") from None
+        if declared > limit:
+            raise _too_large(limit)
     message = await receive()
     body: bytes = message.get("body", b"")
     if not message.get("more_body", False):

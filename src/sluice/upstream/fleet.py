@@ -53,6 +53,8 @@ class Fleet:
         self._on_eject = on_eject
         self._ejections: dict[str, int] = {s.id: 0 for s in self.states}
         self._candidates: dict[str, list[EndpointState]] = {}
+        # Bumped whenever the set of served models changes (caches key on it).
+        self.generation = 0
 
     # -- models ------------------------------------------------------------------------------
 
@@ -75,6 +77,7 @@ class Fleet:
         if learned != state.endpoint.models:
             state.endpoint = dataclasses.replace(state.endpoint, models=learned)
             self._candidates.clear()
+            self.generation += 1
 
     # -- health ------------------------------------------------------------------------------
 
