@@ -52,6 +52,7 @@ async def sim_server() -> AsyncIterator[StartServer]:
         max_loras: int = 4,
         kv_events_endpoint: str | None = None,
         kv_events_map_format: bool = False,
+        kv_events_replay_endpoint: str | None = None,
         **engine: Any,
     ) -> RunningServer:
         options = ServerOptions(
@@ -60,6 +61,7 @@ async def sim_server() -> AsyncIterator[StartServer]:
             max_loras=max_loras,
             kv_events_endpoint=kv_events_endpoint,
             kv_events_map_format=kv_events_map_format,
+            kv_events_replay_endpoint=kv_events_replay_endpoint,
         )
         server = SimServer(options)
         sock = bind_socket("127.0.0.1", 0)

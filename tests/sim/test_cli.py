@@ -66,6 +66,8 @@ def test_launcher_options_and_kv_event_endpoints() -> None:
         assert b'"num_gpu_blocks":300' in info and b'"max_loras":1' in info
         (endpoint,) = fleet.kv_event_endpoints
         assert endpoint is not None and endpoint.startswith("tcp://127.0.0.1:")
+        (replay,) = fleet.kv_event_replay_endpoints
+        assert replay is not None and replay.startswith("tcp://127.0.0.1:") and replay != endpoint
         process = fleet.processes[0]
     assert process.poll() is not None  # stopped on leaving the block
 

@@ -207,3 +207,60 @@ async def _post(url: str) -> None:
     async with httpx.AsyncClient() as http:
         response = await http.post(url)
     assert response.status_code == 200
+
+
+async def test_replay_serves_missed_batches(sim_server: StartServer) -> None:
+    """vLLM's replay protocol, asked the way a subscriber does: a DEALER sends ``["", start]``."""
+    running = await sim_server(
+        num_gpu_blocks=256,
+        kv_events_endpoint="tcp://127.0.0.1:0",
+        kv_events_replay_endpoint="tcp://127.0.0.1:0",
+    )
+    publisher = running.server.publisher
+    assert publisher is not None and publisher.bound_replay_endpoint is not None
+    client = openai.AsyncOpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+    for seed in range(3):  # nobody subscribes: every batch is "missed"
+        await client.completions.create(
+            model=running.model, prompt=text_of_length(64, seed=seed), max_tokens=20
+        )
+    published = publisher.seq
+    assert published >= 3
+    context = zmq.asyncio.Context()
+    try:
+        later = await _replay(context, publisher.bound_replay_endpoint, 1)
+        everything = await _replay(context, publisher.bound_replay_endpoint, 0)
+    finally:
+        context.term()
+    assert [seq for seq, _ in later] == list(range(1, published))
+    assert [seq for seq, _ in everything] == list(range(published))
+    mirror: set[int] = set()
+    for _, events in everything:
+        for event in events:
+            if isinstance(event, BlockStored):
+                mirror.update(event.block_hashes)
+            elif isinstance(event, BlockRemoved):
+                mirror.difference_update(event.block_hashes)
+    assert mirror and mirror == set(running.server.engine.pool.cached)
+    async with httpx.AsyncClient() as http:
+        info = (await http.get(running.url + "/get_server_info")).json()
+    assert info["kv_events_replay_endpoint"] == publisher.bound_replay_endpoint
+
+
+async def _replay(
+    context: zmq.asyncio.Context, endpoint: str, start: int
+) -> list[tuple[int, list[object]]]:
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(endpoint)
+    replayed: list[tuple[int, list[object]]] = []
+    try:
+        await dealer.send_multipart([b"", start.to_bytes(8, "big", signed=True)])
+        while True:
+            empty, seq_frame, payload = await asyncio.wait_for(dealer.recv_multipart(), 2.0)
+            assert empty == b""
+            seq = int.from_bytes(seq_frame, "big", signed=True)
+            if seq == -1:
+                assert payload == b""
+                return replayed
+            replayed.append((seq, list(decode_event_batch(payload))))
+    finally:
+        dealer.close(linger=0)

@@ -2,7 +2,8 @@
 
 ``--count N`` starts N servers, each in its own process (so they spread over the cores), on
 ``--port``, ``--port + 1``, ...; with ``--kv-events-port P`` engine *i* publishes KV events on
-``P + i``, as vLLM's data-parallel ranks do. The listening sockets are bound by the parent before
+``P + i``, as vLLM's data-parallel ranks do (and serves replay on ``--kv-events-replay-port``
+``+ i`` when given). The listening sockets are bound by the parent before
 the children start, so a busy port fails at once and ``--port 0`` picks free ports.
 
 ``python -m sluice.sim.cli`` runs the same command; the launcher (``launch.py``) uses it with the
@@ -84,6 +85,9 @@ def sim(
     kv_events_port: Annotated[
         int | None, typer.Option(help="Publish KV events on ZMQ from this port (0: free)")
     ] = None,
+    kv_events_replay_port: Annotated[
+        int | None, typer.Option(help="Serve vLLM's KV-event replay (ROUTER) here (0: free)")
+    ] = None,
     kv_events_topic: Annotated[str, typer.Option()] = "",
     kv_events_map_format: Annotated[
         bool, typer.Option(help="Newer vLLM map encoding instead of tagged arrays")
@@ -109,10 +113,13 @@ def sim(
             served_model_name=served_model_name,
             seed=seed,
         )
-        kv_endpoint = None
+        kv_endpoint = replay_endpoint = None
         if kv_events_port is not None:
             kv_port = kv_events_port + index if kv_events_port else 0
             kv_endpoint = f"tcp://{host}:{kv_port}"
+            if kv_events_replay_port is not None:
+                replay_port = kv_events_replay_port + index if kv_events_replay_port else 0
+                replay_endpoint = f"tcp://{host}:{replay_port}"
         return ServerOptions(
             engine=engine,
             time_scale=time_scale,
@@ -120,6 +127,7 @@ def sim(
             kv_events_endpoint=kv_endpoint,
             kv_events_topic=kv_events_topic,
             kv_events_map_format=kv_events_map_format,
+            kv_events_replay_endpoint=replay_endpoint,
             tokenizer_path=tokenizer,
         )
 

@@ -64,6 +64,7 @@ class EngineFleet:
     ports: list[int]
     processes: list[subprocess.Popen[bytes]] = field(repr=False)
     kv_event_endpoints: list[str | None] = field(default_factory=list)
+    kv_event_replay_endpoints: list[str | None] = field(default_factory=list)
     _logs: list[IO[bytes]] = field(default_factory=list, repr=False)
 
     @property
@@ -138,9 +139,11 @@ def start_engines(
     """Start ``count`` engine servers and wait until each is healthy.
 
     ``base_port`` 0 picks free ports; otherwise engine *i* listens on ``base_port + i``.
-    ``kv_events`` turns on the ZMQ KV-event publisher (free ports unless ``kv_events_base_port``);
-    the bound addresses are in ``fleet.kv_event_endpoints``. ``engine_options`` are the
-    ``sluice sim`` flags in snake case (``time_scale=4.0``, ``num_gpu_blocks=256``, ...).
+    ``kv_events`` turns on the ZMQ KV-event publisher and its replay socket (free ports, unless
+    ``kv_events_base_port``: PUB on ``base + i``, replay on ``base + count + i``); the bound
+    addresses are in ``fleet.kv_event_endpoints`` and ``fleet.kv_event_replay_endpoints``.
+    ``engine_options`` are the ``sluice sim`` flags in snake case (``time_scale=4.0``,
+    ``num_gpu_blocks=256``, ...).
     """
     if count < 1:
         raise ValueError("count must be >= 1")
@@ -157,7 +160,9 @@ def start_engines(
             args += ["--host", host, *flags]
             if kv_events:
                 kv_port = kv_events_base_port + i if kv_events_base_port else 0
+                replay_port = kv_events_base_port + count + i if kv_events_base_port else 0
                 args += ["--kv-events-port", str(kv_port)]
+                args += ["--kv-events-replay-port", str(replay_port)]
             log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by EngineFleet.stop()
                 prefix=f"sluice-sim-{i}-", suffix=".log", delete=False
             )
@@ -175,6 +180,7 @@ def start_engines(
             for url in fleet.urls:
                 info = json.loads(_get(url + "/get_server_info", 2.0))
                 fleet.kv_event_endpoints.append(info["kv_events_endpoint"])
+                fleet.kv_event_replay_endpoints.append(info["kv_events_replay_endpoint"])
     except BaseException:
         for sock in sockets:
             sock.close()

@@ -46,6 +46,7 @@ class ServerOptions:
     kv_events_endpoint: str | None = None  # e.g. "tcp://*:5557"; None disables KV events
     kv_events_topic: str = ""
     kv_events_map_format: bool = False
+    kv_events_replay_endpoint: str | None = None  # a ROUTER for vLLM's replay protocol
     engine_index: int = 0
     tokenizer_path: str | None = None  # a tokenizer.json; None: the built-in word tokenizer
 
@@ -134,14 +135,16 @@ class SimServer:
                 topic=self.options.kv_events_topic,
                 map_format=self.options.kv_events_map_format,
                 data_parallel_rank=self.options.engine_index,
+                replay_endpoint=self.options.kv_events_replay_endpoint,
             )
+            self.publisher.start_replay()
         self.runner.start()
         try:
             yield
         finally:
             await self.runner.stop()
             if self.publisher is not None:
-                self.publisher.close()
+                await self.publisher.aclose()
 
     def _publish(self, events: list[KVEvent]) -> None:
         if self.publisher is not None:
@@ -380,6 +383,9 @@ class SimServer:
                 "max_loras": self.options.max_loras,
                 "loras": [a.name for a in self.loras.adapters()],
                 "kv_events_endpoint": self.publisher.bound_endpoint if self.publisher else None,
+                "kv_events_replay_endpoint": (
+                    self.publisher.bound_replay_endpoint if self.publisher else None
+                ),
                 "kv_events_topic": self.options.kv_events_topic,
                 "data_parallel_rank": self.options.engine_index,
             }
