@@ -30,13 +30,14 @@ def _read_until(process: subprocess.Popen[str], pattern: str, timeout: float = 6
     raise AssertionError(f"no {pattern!r} in output:\n{seen}")
 
 
-def test_up_starts_engines_and_gateway_and_ctrl_c_stops_everything() -> None:
+def test_up_starts_engines_and_gateway_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [*SLUICE, "up", "--port", "0", "--engines", "1", "--quiet"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=tmp_path,  # the embedded SQLite ledger lands here
     )
     try:
         banner = _read_until(process, r"Ctrl-C stops everything")

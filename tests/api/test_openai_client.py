@@ -26,8 +26,20 @@ def engines() -> Iterator[EngineFleet]:
 
 
 @pytest.fixture(scope="module")
-def gateway(engines: EngineFleet) -> Iterator[GatewayServer]:
-    config = gateway_config(engines.urls, **{"server.debug_route_header": True})
+def gateway(
+    engines: EngineFleet, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayServer]:
+    """The gateway with its default extensions (admission limits, audit ledger), auth off."""
+    tmp = tmp_path_factory.mktemp("gateway")
+    config = gateway_config(
+        engines.urls,
+        **{
+            "server.debug_route_header": True,
+            "admission.auth.enabled": False,
+            "governance.database_url": f"sqlite:///{tmp}/sluice.db",
+            "governance.ledger.spill_dir": str(tmp / "spill"),
+        },
+    )
     with GatewayServer(config) as server:
         yield server
 

@@ -23,6 +23,9 @@ def up(
     gpu: Annotated[str, typer.Option(help="Simulated GPU profile")] = "h100",
     model: Annotated[str, typer.Option(help="Simulated model profile")] = "llama-3.1-8b",
     quiet: Annotated[bool, typer.Option(help="No per-request log lines")] = False,
+    auth: Annotated[
+        bool, typer.Option(help="Require API keys (off here so the printed examples just work)")
+    ] = False,
 ) -> None:
     """Start simulated engines and the gateway in front of them; Ctrl-C stops everything."""
     from sluice.api.server import GatewayServer
@@ -32,6 +35,8 @@ def up(
     overrides: dict[str, Any] = {"server.host": host, "server.port": port}
     if quiet:
         overrides["logging.requests"] = False
+    if not auth:
+        overrides["admission.auth.enabled"] = False
     cfg = _load(config, overrides)
     configure_logging(cfg.logging.level)
     typer.echo(f"starting {engines} simulated engine(s) ({model} on {gpu}) ...", err=True)
