@@ -150,6 +150,8 @@ def test_requests_the_engine_refuses() -> None:
         engine.add_request(SimRequest("b", [], SamplingParams()))
     with pytest.raises(RequestError, match="max_tokens must be at least 1"):
         engine.add_request(SimRequest("c", [1], SamplingParams(max_tokens=0)))
+    with pytest.raises(RequestError, match="Token id 128256 is out of vocabulary"):
+        engine.add_request(SimRequest("e", [1, 128256], SamplingParams()))
     engine.add_request(SimRequest("d", [1], SamplingParams()))
     with pytest.raises(RequestError, match="already running"):
         engine.add_request(SimRequest("d", [1], SamplingParams()))

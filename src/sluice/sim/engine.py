@@ -158,6 +158,7 @@ class Engine:
         sampling = request.sampling
         prompt_len = len(request.prompt_token_ids)
         self._validate(request.request_id, prompt_len, sampling)
+        self._validate_ids(request.prompt_token_ids)
         arrival = self.now if request.arrival_time is None else request.arrival_time
         plan = self.planner.plan(
             request.request_id, sampling.max_tokens, sampling.min_tokens, sampling.ignore_eos
@@ -201,6 +202,12 @@ class Engine:
                 f"{sampling.max_tokens} in the completion). Please reduce the length of the "
                 "messages or completion."
             )
+
+    def _validate_ids(self, ids: list[int]) -> None:
+        low, high = min(ids), max(ids)
+        if low < 0 or high >= self.tokenizer.vocab_size:
+            bad = low if low < 0 else high
+            raise RequestError(f"Token id {bad} is out of vocabulary")
 
     def abort(self, request_id: str) -> None:
         """Stop a request now and free its blocks; its final output comes with the next step."""
