@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import os
+import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -127,7 +129,9 @@ async def migrate_locked(engine: AsyncEngine, url: str) -> None:
     if not path or path.startswith(":memory:"):
         await migrate(engine)
         return
-    lock_fd = os.open(path + ".migrate-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    digest = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
+    lock_path = os.path.join(tempfile.gettempdir(), f"sluice-migrate-{digest}.lock")
+    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         await asyncio.to_thread(fcntl.flock, lock_fd, fcntl.LOCK_EX)
         await migrate(engine)

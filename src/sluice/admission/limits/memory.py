@@ -10,6 +10,7 @@ from sluice.admission.limits.base import Limiter, refund
 from sluice.admission.limits.buckets import BucketState, Kind, Plan, Verdict
 
 _SWEEP_EVERY = 4096
+_SLOT_RETRY = 1.0
 
 
 class MemoryLimiter(Limiter):
@@ -44,8 +45,8 @@ class MemoryLimiter(Limiter):
             free = s.limit - len(holders)
             verdict.states.append(BucketState(s.name, Kind.CONCURRENCY, s.limit, max(0, free), 0.0))
             if free <= 0:
-                soonest = min(holders.values(), default=now + 1.0)
-                self._refuse(verdict, s.name, max(soonest - now, 0.001))
+                # Slots free when requests finish; their expiry is only a safety net.
+                self._refuse(verdict, s.name, _SLOT_RETRY)
         if verdict.allowed:
             for b, tat in zip(plan.rates, new_tats, strict=True):
                 self._tat[b.name] = tat

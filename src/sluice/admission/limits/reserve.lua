@@ -55,10 +55,8 @@ for j = 1, nslot do
   local free = limit - redis.call('ZCARD', key)
   if free <= 0 then
     allowed = 0
-    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    local wait = 1000000
-    if first[2] then wait = math.max(tonumber(first[2]) - now, 1000) end
-    if wait > retry then retry = wait end
+    -- Slots free when requests finish; their expiry is only a safety net: retry in 1 s.
+    if 1000000 > retry then retry = 1000000 end
     free = 0
   end
   out[#out + 1] = free
