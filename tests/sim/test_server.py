@@ -357,3 +357,15 @@ async def test_time_scale_dilates_wall_time_and_reports_simulated_time(
     # 40 decode steps of a few ms each, slowed five-fold on the wall clock.
     assert simulated > 0.1
     assert wall >= 4.0 * simulated
+
+
+def test_text_of_generated_tokens_matches_the_tokenizer() -> None:
+    from sluice.sim.engine import EngineConfig
+    from sluice.sim.server import ServerOptions, SimServer
+
+    server = SimServer(ServerOptions(engine=EngineConfig(num_gpu_blocks=64, max_model_len=512)))
+    tokenizer = WordTokenizer()
+    ids = [5, 81, 128009, 6401, 81, 127999, 128000]
+    assert server.text_of(ids) == tokenizer.decode(ids)
+    assert server.text_of(ids) == server.text_of(ids)  # from the cache the second time
+    assert server.text_of([128009]) == ""

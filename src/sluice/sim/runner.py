@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sluice.sim.engine import Engine
 from sluice.sim.kv_events import KVEvent
@@ -30,13 +31,48 @@ _MAX_LAG_S = 0.05
 _EMPTY_STEP_WAIT_S = 0.001
 
 
+class OutputChannel:
+    """Single-consumer queue of one request's outputs (``None``: aborted or engine gone).
+
+    ``asyncio.Queue`` does twice the work per item (maxsize checks, putter bookkeeping) on a
+    path taken once per token per request.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[RequestOutput | None] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: RequestOutput | None) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def get_nowait(self) -> RequestOutput | None:
+        return self._items.popleft()
+
+    async def get(self) -> RequestOutput | None:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 @dataclass(slots=True)
 class RequestHandle:
     """One in-flight request as the HTTP layer sees it."""
 
     request_id: str
     lora_name: str | None
-    queue: asyncio.Queue[RequestOutput | None]
+    queue: OutputChannel = field(default_factory=OutputChannel)
     last_token_time: float | None = None
 
 
@@ -107,7 +143,7 @@ class EngineRunner:
         # While a step is in flight the engine clock is already at that step's end.
         request.arrival_time = min(now, self.engine.now)
         self.engine.add_request(request)
-        handle = RequestHandle(request.request_id, request.lora_name, asyncio.Queue())
+        handle = RequestHandle(request.request_id, request.lora_name)
         self._handles[request.request_id] = handle
         self._work.set()
         return handle

@@ -33,7 +33,7 @@ from sluice.sim.lora import LoRAError, LoRARegistry
 from sluice.sim.metrics import CONTENT_TYPE, EngineMetrics, LoRAState
 from sluice.sim.request import RequestError, RequestOutput, SamplingParams, SimRequest
 from sluice.sim.runner import EngineRunner, RequestHandle
-from sluice.sim.tokenizer import Tokenizer, load_tokenizer
+from sluice.sim.tokenizer import Tokenizer, WordTokenizer, load_tokenizer
 
 
 @dataclass(slots=True)
@@ -60,6 +60,11 @@ class SimServer:
         self.publisher: KVEventPublisher | None = None
         sink = self._pending_events.extend if options.kv_events_endpoint else None
         self.tokenizer: Tokenizer = load_tokenizer(options.tokenizer_path)
+        # Word-level ids decode one by one, so each id's text is computed once (the vocabulary
+        # bounds the cache); a real tokenizer decodes whole runs instead.
+        self._pieces: dict[int, str] | None = (
+            {} if isinstance(self.tokenizer, WordTokenizer) else None
+        )
         self.engine = Engine(options.engine, kv_event_sink=sink, tokenizer=self.tokenizer)
         config = self.engine.config
         self.model_name: str = config.served_model_name or config.model
@@ -204,6 +209,20 @@ class SimServer:
         except ClientDisconnect:
             return Response(status_code=499)  # gone before its body arrived; nobody reads this
         return GenerationResponse(self, handle, parsed, model)
+
+    def text_of(self, token_ids: list[int]) -> str:
+        """Text of generated tokens (special tokens skipped), as ``tokenizer.decode`` gives."""
+        pieces = self._pieces
+        if pieces is None:
+            return self.tokenizer.decode(token_ids)
+        words = []
+        for token_id in token_ids:
+            word = pieces.get(token_id)
+            if word is None:
+                word = pieces[token_id] = self.tokenizer.decode([token_id])
+            if word:
+                words.append(word)
+        return " ".join(words)
 
     def _resolve_model(self, model: str | None) -> tuple[str, str | None]:
         if model is None or model == self.model_name:
@@ -433,7 +452,7 @@ class GenerationResponse(Response):
     async def _stream(self, send: Send) -> None:
         parsed, handle = self.parsed, self.handle
         encoder = fmt.ChunkEncoder(parsed.kind, handle.request_id, self.model)
-        decode = self.server.tokenizer.decode
+        decode = self.server.text_of
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         if parsed.kind == "chat":
             await send({"type": "http.response.body", "body": encoder.role(), "more_body": True})
@@ -496,7 +515,7 @@ class GenerationResponse(Response):
             self.parsed.kind,
             self.handle.request_id,
             self.model,
-            self.server.tokenizer.decode(pieces),
+            self.server.text_of(pieces),
             out.finish_reason or "stop",
             usage,
             {"sim_timing": _timing(out)},
