@@ -46,7 +46,10 @@ def test_up_starts_engines_and_gateway_and_ctrl_c_stops_everything(tmp_path: Pat
         assert f"curl {url}/v1/chat/completions" in banner and "from openai import OpenAI" in banner
         model = re.search(r'"model": "([^"]+)"', banner).group(1)  # type: ignore[union-attr]
         body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
-        reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=10)
+        key = re.search(r"Development key[^:]*: (sk-sluice-\S+)", banner).group(1)  # type: ignore[union-attr]
+        assert f"Bearer {key}" in banner  # the printed examples carry the key
+        headers = {"Authorization": f"Bearer {key}"}
+        reply = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=10)
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 3
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0

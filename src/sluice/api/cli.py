@@ -24,8 +24,9 @@ def up(
     model: Annotated[str, typer.Option(help="Simulated model profile")] = "llama-3.1-8b",
     quiet: Annotated[bool, typer.Option(help="No per-request log lines")] = False,
     auth: Annotated[
-        bool, typer.Option(help="Require API keys (off here so the printed examples just work)")
-    ] = False,
+        bool,
+        typer.Option(help="Require API keys (a development key is created and printed)"),
+    ] = True,
 ) -> None:
     """Start simulated engines and the gateway in front of them; Ctrl-C stops everything."""
     from sluice.api.server import GatewayServer
@@ -39,6 +40,11 @@ def up(
         overrides["admission.auth.enabled"] = False
     cfg = _load(config, overrides)
     configure_logging(cfg.logging.level)
+    dev_key = None
+    if cfg.admission.enabled and cfg.admission.auth.enabled:
+        from sluice.admission.devkey import create_dev_key
+
+        dev_key = create_dev_key(cfg.governance.database_url)
     typer.echo(f"starting {engines} simulated engine(s) ({model} on {gpu}) ...", err=True)
     with start_engines(engines, gpu=gpu, model=model) as fleet:
         cfg = cfg.model_copy(update={"endpoints": _endpoints(cfg, fleet.urls)}, deep=True)
@@ -46,7 +52,7 @@ def up(
         server.start()
         try:
             served = sorted(server.gateway.fleet.served_models()) or ["<model>"]
-            typer.echo(_banner(server.url, served[0], fleet.urls))
+            typer.echo(_banner(server.url, served[0], fleet.urls, dev_key))
             _wait_for_stop()
         finally:
             typer.echo("stopping gateway and engines ...", err=True)
@@ -120,16 +126,23 @@ def _endpoints(cfg: SluiceConfig, urls: list[str]) -> list[Any]:
     return [*cfg.endpoints, *(EndpointConfig(url=u, id=f"sim{i}") for i, u in enumerate(urls))]
 
 
-def _banner(url: str, model: str, engines: list[str]) -> str:
+def _banner(url: str, model: str, engines: list[str], key: str | None = None) -> str:
+    auth = f" -H 'Authorization: Bearer {key}'" if key else ""
+    api_key = key or "unused"
+    key_line = (
+        f"Development key (tenant dev, user dev; shown once, `sluice keys` for more): {key}\n"
+        if key
+        else ""
+    )
     return f"""
 Sluice is up: {url}   ({len(engines)} simulated engines: {", ".join(engines)})
-
-  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
+{key_line}
+  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 
   python - <<'PY'
   from openai import OpenAI
-  client = OpenAI(base_url="{url}/v1", api_key="unused")
+  client = OpenAI(base_url="{url}/v1", api_key="{api_key}")
   for chunk in client.chat.completions.create(
       model="{model}", messages=[{{"role": "user", "content": "Hello!"}}], stream=True
   ):
