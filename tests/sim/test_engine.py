@@ -326,3 +326,9 @@ def test_the_fused_decode_path_is_taken_in_steady_state() -> None:
     for _ in range(10):
         assert len(engine.step().outputs) == 8
     assert calls == 0
+
+
+def test_cache_geometry_is_exposed_for_scrapers_and_the_cluster_simulator() -> None:
+    engine = Engine(EngineConfig(block_size=32))
+    assert engine.block_size == 32
+    assert engine.num_gpu_blocks == engine.config.num_gpu_blocks == 27775 // 2

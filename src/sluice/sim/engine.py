@@ -225,6 +225,15 @@ class Engine:
     def has_unfinished(self) -> bool:
         return bool(self._requests)
 
+    @property
+    def num_gpu_blocks(self) -> int:
+        """KV blocks of this engine (``vllm:cache_config_info``), as resolved from the profile."""
+        return self.pool.num_blocks
+
+    @property
+    def block_size(self) -> int:
+        return self.pool.block_size
+
     def advance_to(self, t: float) -> None:
         """Move the clock forward to ``t`` (idle time); never backwards."""
         if t > self.now:
