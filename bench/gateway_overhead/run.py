@@ -131,6 +131,9 @@ def main() -> None:
     parser.add_argument("--no-request-log", action="store_true")
     parser.add_argument("--floor", action="store_true", help="also measure bare uvicorn")
     parser.add_argument(
+        "--extensions", action="store_true", help="with admission (auth off) and audit ledger"
+    )
+    parser.add_argument(
         "--nice", type=int, default=0, help="run gateway, nginx and wrk at this nice level"
     )
     args = parser.parse_args()
@@ -154,8 +157,17 @@ def main() -> None:
     subprocess.run(
         [*NICE, "taskset", "-c", "1", nginx, "-p", str(root), "-c", "nginx.conf"], check=True
     )
+    if args.extensions:  # admission (limits, queue; no keys) and the audit ledger
+        extensions = (
+            "admission: {auth: {enabled: false}}\n"
+            f"governance: {{database_url: 'sqlite:///{root}/sluice.db', "
+            f"ledger: {{spill_dir: '{root}/spill'}}}}\n"
+        )
+    else:  # the proxy alone
+        extensions = ""
     (root / "gateway.yaml").write_text(
-        f"server: {{port: {gw_port}}}\n"
+        extensions + f"server: {{port: {gw_port}"
+        f"{'' if args.extensions else ', extensions: []'}}}\n"
         f"logging: {{requests: {'false' if args.no_request_log else 'true'}}}\n"
         "endpoints:\n"
         f"  - {{url: 'http://127.0.0.1:{json_port}', id: json, models: [bench-json]}}\n"
@@ -180,7 +192,8 @@ def main() -> None:
         )
         print(
             f"request log: {'off' if args.no_request_log else 'on (to /dev/null)'}; "
-            f"duration {args.duration}s per run; nice {args.nice}\n"
+            f"duration {args.duration}s per run; nice {args.nice}; "
+            f"extensions: {'admission (no auth) + audit ledger' if args.extensions else 'none'}\n"
         )
         print(
             "| mode | conns | direct req/s | gateway req/s | direct p50 | gateway p50 | added p50 "

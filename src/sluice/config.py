@@ -53,6 +53,9 @@ class ServerConfig(Section):
     debug_route_header: bool = False
     # Seconds a client is told to wait (Retry-After) when no endpoint is available.
     retry_after_s: int = Field(1, ge=1)
+    # Modules installed into the gateway (admission, governance, admin routes); None means
+    # the built-in list (sluice.api.extensions.EXTENSION_MODULES), [] the bare proxy.
+    extensions: list[str] | None = None
 
 
 class UpstreamConfig(Section):

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from starlette.routing import BaseRoute
 
-from sluice.api.extensions import install_extensions
+from sluice.api.extensions import EXTENSION_MODULES, install_extensions
 from sluice.api.facts import ContextFacts, context_facts, facts_builder_from_config
 from sluice.api.hooks import Hooks
 from sluice.config import ModelConfig, SluiceConfig
@@ -80,7 +80,8 @@ class Gateway:
         self.on_startup: list[Callable[[], Awaitable[None]]] = []
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
         if extensions:
-            install_extensions(self)
+            modules = config.server.extensions
+            install_extensions(self, EXTENSION_MODULES if modules is None else tuple(modules))
         # Prefix index metrics, and in precise mode the engines' KV events feeding the index.
         self.kv_subscriber: KvEventSubscriber | None = None
         index = getattr(policy, "index", None)

@@ -27,6 +27,8 @@ def uvicorn_config(app: Any, config: SluiceConfig) -> uvicorn.Config:
         server_header=False,
         log_level="warning",
         timeout_keep_alive=75,
+        # On SIGTERM, open streams get this long to finish before they are cut.
+        timeout_graceful_shutdown=30,
         backlog=4096,
     )
 
