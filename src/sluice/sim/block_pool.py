@@ -14,7 +14,7 @@ Every operation is O(1) per block: the free queue is an intrusive doubly linked 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 
 from sluice.sim.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 
@@ -68,13 +68,6 @@ class FreeBlockQueue:
         block.next_free = self._tail
         self._tail.prev_free = block
         self.num_free += 1
-
-    def __iter__(self) -> Iterator[KVBlock]:
-        """Free blocks from the head (next to be evicted) to the tail."""
-        block = self._head.next_free
-        while block is not self._tail and block is not None:
-            yield block
-            block = block.next_free
 
 
 class BlockPool:

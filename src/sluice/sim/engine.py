@@ -271,9 +271,7 @@ class Engine:
         if not batch.seqs:
             self._flush_events()
             return StepOutput(self.now - start, outputs)
-        busy = self.latency.step_time(
-            batch.num_tokens, batch.context_tokens, batch.attention_work2 * 0.5
-        )
+        busy = self.latency.step_time(batch.num_tokens, batch.context_tokens, batch.attention_work)
         return self._finish_step(start, busy, batch.seqs, outputs, batch.num_tokens, False)
 
     def _step_decodes(self, start: float, context: int) -> StepOutput:

@@ -107,10 +107,6 @@ class Sequence:
         )
         self.root_hash = root_hash(lora_name, hash_seed) if hashing else 0
 
-    @property
-    def finished(self) -> bool:
-        return self.status is Status.FINISHED
-
     def set_blocks(self, table: list[KVBlock], num_cached_blocks: int) -> None:
         self.block_table = table
         self.capacity = len(table) * self.block_size

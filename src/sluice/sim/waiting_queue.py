@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterator
 
 from sluice.sim.sequence import Sequence, Status
 
@@ -36,9 +35,6 @@ class FcfsQueue:
 
     def remove(self, seq: Sequence) -> None:
         self._q.remove(seq)  # O(n), but only on abort
-
-    def __iter__(self) -> Iterator[Sequence]:
-        return iter(self._q)
 
 
 class PriorityQueue:
@@ -76,9 +72,6 @@ class PriorityQueue:
     def remove(self, seq: Sequence) -> None:
         # Lazy: the caller changes the status, and the entry is skipped when it surfaces.
         self._live -= 1
-
-    def __iter__(self) -> Iterator[Sequence]:
-        return iter(s for _, _, s in sorted(self._heap) if s.status is Status.WAITING)
 
 
 WaitingQueue = FcfsQueue | PriorityQueue
