@@ -332,3 +332,24 @@ def test_cache_geometry_is_exposed_for_scrapers_and_the_cluster_simulator() -> N
     engine = Engine(EngineConfig(block_size=32))
     assert engine.block_size == 32
     assert engine.num_gpu_blocks == engine.config.num_gpu_blocks == 27775 // 2
+
+
+def test_without_prefix_caching_nothing_hits_and_nothing_is_published() -> None:
+    events: list[KVEvent] = []
+    engine = Engine(EngineConfig(enable_prefix_caching=False), kv_event_sink=events.extend)
+    p = prompt(300)
+    for rid in ("a", "b"):
+        engine.add_request(SimRequest(rid, p, SamplingParams(max_tokens=3)))
+        run(engine)
+    assert engine.stats.prefix_cache_hits_total == 0 and events == []
+    assert engine.pool.cached == {}
+
+
+def test_tensor_parallel_engine_for_the_70b_model() -> None:
+    engine = Engine(EngineConfig(model="llama-3.1-70b", tensor_parallel=4))
+    assert engine.num_gpu_blocks == 29799
+    engine.add_request(SimRequest("a", prompt(10), SamplingParams(max_tokens=2)))
+    first = engine.step()
+    assert first.duration > engine.config.api_overhead_s
+    with pytest.raises(ValueError, match="must divide the 8 KV heads"):
+        Engine(EngineConfig(model="llama-3.1-70b", tensor_parallel=3))
