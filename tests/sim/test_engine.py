@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sluice.sim.block_hash import hash_block, root_hash
+from sluice.sim.block_hash import hash_block, hash_token_blocks, root_hash
 from sluice.sim.engine import Engine, EngineConfig, RequestError, SamplingParams, SimRequest
 from sluice.sim.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 from sluice.sim.tokenizer import WordTokenizer, text_of_length
@@ -353,3 +353,29 @@ def test_tensor_parallel_engine_for_the_70b_model() -> None:
     assert first.duration > engine.config.api_overhead_s
     with pytest.raises(ValueError, match="must divide the 8 KV heads"):
         Engine(EngineConfig(model="llama-3.1-70b", tensor_parallel=3))
+
+
+def test_under_pressure_the_least_recently_used_prompt_is_evicted_tail_first() -> None:
+    events: list[KVEvent] = []
+    engine = Engine(EngineConfig(num_gpu_blocks=13), kv_event_sink=events.extend)  # 12 usable
+    prompts = {name: prompt(64, seed) for seed, name in enumerate("ABCD")}  # 4 blocks each
+    hashes = {name: hash_token_blocks(p, 16) for name, p in prompts.items()}
+
+    def serve(name: str, rid: str) -> int:
+        engine.add_request(SimRequest(rid, prompts[name], SamplingParams(max_tokens=1)))
+        cached = None
+        while engine.has_unfinished():
+            for out in engine.step().outputs:
+                cached = out.num_cached_tokens
+        assert cached is not None
+        return cached
+
+    for name in "ABC":
+        serve(name, name)
+    assert serve("A", "A again") == 48  # A is now the most recently used
+    events.clear()
+    serve("D", "D")  # needs 4 blocks: the LRU prompt, B, goes, its last block first
+    removed = [h for e in events if isinstance(e, BlockRemoved) for h in e.block_hashes]
+    assert removed == hashes["B"][::-1]
+    assert serve("C", "C again") == 48 and serve("A", "A third") == 48
+    assert serve("B", "B again") == 0
