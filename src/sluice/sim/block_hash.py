@@ -51,6 +51,7 @@ def hash_token_blocks(
     token_ids: Sequence[int],
     block_size: int,
     lora_name: str | None = None,
+    *,
     seed: int = 0,
     parent: int | None = None,
 ) -> list[int]:

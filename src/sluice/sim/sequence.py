@@ -103,7 +103,9 @@ class Sequence:
         self.stop_text = ""  # decoded output so far; kept only when stop strings are set
         # Hashes of every full block of token_ids, extended as output tokens fill blocks.
         self.block_hashes: list[int] = (
-            hash_token_blocks(prompt_token_ids, block_size, lora_name, hash_seed) if hashing else []
+            hash_token_blocks(prompt_token_ids, block_size, lora_name, seed=hash_seed)
+            if hashing
+            else []
         )
         self.root_hash = root_hash(lora_name, hash_seed) if hashing else 0
 
