@@ -45,7 +45,10 @@ def install(gateway: Gateway) -> None:
     gateway.extensions_state = getattr(gateway, "extensions_state", {})  # type: ignore[attr-defined]
     gateway.extensions_state["ledger"] = ledger  # type: ignore[attr-defined]
     gateway.on_startup.append(ledger.start)
-    gateway.hooks.settle.append(ledger.settle)
+    # First of all settle hooks: the row is journaled (a synchronous local write) in the same
+    # loop step as the response's last byte, before any hook awaits I/O, so a kill -9 right after
+    # a client got its answer still leaves the row on disk.
+    gateway.hooks.settle.insert(0, ledger.settle)
     for metric in _METRICS:
         gateway.metrics.registry.register(metric)
 
