@@ -116,6 +116,13 @@ class EngineConfig:
 
 
 class Engine:
+    """One simulated vLLM engine.
+
+    ``kv_event_sink`` receives each step's KV events (only when prefix caching is on);
+    ``tokenizer`` decides which ids simulated output is made of and what EOS is
+    (default: ``WordTokenizer``).
+    """
+
     def __init__(
         self,
         config: EngineConfig,
@@ -248,6 +255,11 @@ class Engine:
     # -- the step -----------------------------------------------------------------------------
 
     def step(self) -> StepOutput:
+        """Run one engine step at ``now`` and advance the clock by its duration.
+
+        Returns one output per request that generated a token (plus final outputs of requests
+        aborted since the last step). With no work at all: ``StepOutput(0.0, [])``.
+        """
         start = self.now
         self._admit_ready()
         sched = self.scheduler
