@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sluice.sim.block_hash import hash_block, hash_token_blocks, root_hash
@@ -193,7 +193,7 @@ operation = st.one_of(
         st.integers(1, 40),  # own suffix length
         st.integers(1, 30),  # max_tokens
         st.booleans(),  # ignore_eos
-        st.sampled_from([None, "ad"]),  # LoRA
+        st.sampled_from([None, "ad", "bd"]),  # LoRA (at most one adapter per batch)
         st.integers(0, 3),  # priority
     ),
     st.tuples(st.just("step"), st.integers(1, 6)),
@@ -209,6 +209,7 @@ def small_engine(policy: str, fast: bool, sink: Callable[[list[KVEvent]], None])
         max_num_batched_tokens=48,
         max_num_seqs=5,
         scheduling_policy=policy,
+        max_loras=1,
         api_overhead_s=0.0,
     )
     engine = Engine(config, kv_event_sink=sink)
@@ -254,6 +255,22 @@ def play(engine: Engine, ops: list[tuple], after_step: Callable[[], None]) -> li
     return seen
 
 
+# A workload that surely preempts, evicts, aborts and resets, whatever hypothesis draws besides.
+PRESSURE = [
+    ("add", 0, 40, 30, True, None, 0),
+    ("add", 1, 40, 30, True, None, 1),
+    ("add", 2, 40, 30, True, None, 2),
+    ("add", 0, 35, 30, True, "ad", 3),
+    ("step", 6),
+    ("add", 1, 30, 20, True, None, 0),
+    ("abort", 1),
+    ("add", 2, 40, 30, True, "bd", 1),
+    ("step", 3),
+    ("reset",),
+    ("add", 0, 8, 12, False, None, 0),
+]
+
+
 class Mirror:
     """What a precise prefix router rebuilds from the event stream alone."""
 
@@ -281,6 +298,8 @@ class Mirror:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(operation, max_size=40), st.sampled_from(["fcfs", "priority"]))
+@example(PRESSURE, "fcfs")
+@example(PRESSURE, "priority")
 def test_kv_events_exactly_mirror_the_pool(ops: list[tuple], policy: str) -> None:
     mirror = Mirror()
     engine = small_engine(policy, True, mirror.apply)
@@ -297,6 +316,8 @@ def test_kv_events_exactly_mirror_the_pool(ops: list[tuple], policy: str) -> Non
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(operation, max_size=40), st.sampled_from(["fcfs", "priority"]))
+@example(PRESSURE, "fcfs")
+@example(PRESSURE, "priority")
 def test_fused_decode_path_is_identical_to_the_general_path(ops: list[tuple], policy: str) -> None:
     fast_events: list[KVEvent] = []
     slow_events: list[KVEvent] = []
@@ -379,3 +400,13 @@ def test_under_pressure_the_least_recently_used_prompt_is_evicted_tail_first() -
     assert removed == hashes["B"][::-1]
     assert serve("C", "C again") == 48 and serve("A", "A third") == 48
     assert serve("B", "B again") == 0
+
+
+def test_the_pressure_workload_really_preempts_and_evicts() -> None:
+    """Guards the explicit hypothesis examples above against silently losing their pressure."""
+    events: list[KVEvent] = []
+    engine = small_engine("fcfs", True, events.extend)
+    play(engine, PRESSURE, lambda: None)
+    assert engine.stats.num_preemptions_total > 0
+    assert any(isinstance(e, BlockRemoved) for e in events)
+    assert engine.stats.request_success_total["abort"] == 1

@@ -182,3 +182,16 @@ def test_defaults_follow_vllm_per_gpu() -> None:
     assert a10.max_model_len == (a10.num_gpu_blocks - 1) * 16  # capped by the KV capacity
     with pytest.raises(ValueError, match="larger than the maximum number of tokens"):
         Engine(EngineConfig(gpu="a10", max_model_len=131072))
+
+
+def test_max_loras_keeps_a_request_for_another_adapter_waiting_but_not_others() -> None:
+    engine = Engine(EngineConfig(max_loras=1, api_overhead_s=0.0))
+    engine.add_request(SimRequest("a", prompt(32, 0), fixed(5), lora_name="adapter-a"))
+    engine.add_request(SimRequest("b", prompt(32, 1), fixed(5), lora_name="adapter-b"))
+    engine.add_request(SimRequest("a2", prompt(32, 2), fixed(5), lora_name="adapter-a"))
+    engine.add_request(SimRequest("base", prompt(32, 3), fixed(5)))
+    first = engine.step()
+    assert [o.request_id for o in first.outputs] == ["a", "a2", "base"]
+    _, outs = drain(engine)
+    assert outs["b"][0].timing.first_scheduled >= outs["a"][-1].timing.finished
+    assert all(o[-1].finish_reason == "length" for o in outs.values())

@@ -61,6 +61,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     scheduling_policy: str = "fcfs"  # or "priority"
     served_model_name: str | None = None
+    max_loras: int | None = None  # adapters per batch (vLLM's --max-loras); None: no limit
     seed: int = 0
     api_overhead_s: float | None = None  # None: the calibration's front-end time
     calibration: Calibration = field(default_factory=Calibration)
@@ -142,6 +143,7 @@ class Engine:
             cfg.max_num_seqs,  # type: ignore[arg-type]
             cfg.max_num_batched_tokens,  # type: ignore[arg-type]
             cfg.scheduling_policy,
+            cfg.max_loras,
         )
         self.latency = LatencyModel(
             get_gpu(cfg.gpu), get_model(cfg.model), cfg.tensor_parallel, cfg.calibration

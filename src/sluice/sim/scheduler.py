@@ -65,6 +65,7 @@ class Scheduler:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         policy: str = "fcfs",
+        max_loras: int | None = None,
     ) -> None:
         self.pool = pool
         self.stats = stats
@@ -72,6 +73,7 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.policy = policy
+        self.max_loras = max_loras
         self.caching = pool.enable_caching
         self.waiting = make_waiting_queue(policy)
         self.running: list[Sequence] = []
@@ -167,8 +169,16 @@ class Scheduler:
         waiting = self.waiting
         pool = self.pool
         bs = self.block_size
+        max_loras = self.max_loras
+        # Adapters in this step's batch; a request needing one more than max_loras waits.
+        loras = {s.lora_name for s in batch.seqs if s.lora_name} if max_loras else set()
+        skipped: list[Sequence] = []
         while len(waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = waiting.peek()
+            lora = seq.lora_name
+            if max_loras and lora and lora not in loras and len(loras) >= max_loras:
+                skipped.append(waiting.pop())  # vLLM skips it and keeps its place in line
+                continue
             hits = pool.lookup(seq.block_hashes, (seq.num_tokens - 1) // bs) if self.caching else []
             hit_tokens = len(hits) * bs
             n = min(seq.num_tokens - hit_tokens, budget)
@@ -193,6 +203,10 @@ class Scheduler:
                 self.cache(seq, end // bs)
             batch.add(seq, n)
             budget -= n
+            if lora:
+                loras.add(lora)
+        for seq in reversed(skipped):
+            waiting.push_front(seq)
 
     def cache(self, seq: Sequence, num_full: int) -> None:
         """Register the request's blocks that are now full (up to ``num_full``) in the cache."""
