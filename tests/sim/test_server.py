@@ -321,6 +321,7 @@ async def test_small_endpoints(sim_server: StartServer) -> None:
             6401,
         ]
         _error(await http.post("/detokenize", json={"tokens": "abc"}), 400)
+        _error(await http.post("/detokenize", json={"tokens": [200_000]}), 400)
         _error(await http.post("/tokenize", json={"model": "nope", "prompt": "a"}), 404)
 
 

@@ -338,6 +338,9 @@ class SimServer:
                 isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens
             ):
                 raise fmt.APIError(400, "'tokens' must be a list of token ids.", "tokens")
+            vocab = self.tokenizer.vocab_size
+            if any(t >= vocab for t in tokens):
+                raise fmt.APIError(400, f"Token ids must be below {vocab}.", "tokens")
         except fmt.APIError as exc:
             return _error(exc)
         return _json({"prompt": self.tokenizer.decode(tokens)})
