@@ -168,3 +168,15 @@ def _wait_for_stop() -> None:
         for sig, old in previous.items():
             signal.signal(sig, old)
         sys.stdout.flush()
+
+
+def main() -> None:
+    """``python -m sluice.api.cli serve ...``: the gateway commands alone, without importing the
+    other subcommands (and their dependencies), for a leaner process."""
+    app = typer.Typer(no_args_is_help=True, add_completion=False)
+    register(app)
+    app()
+
+
+if __name__ == "__main__":
+    main()
