@@ -17,7 +17,7 @@ from sluice.admission.headers import rate_limit_headers, retry_after
 from sluice.admission.limits.base import Limiter
 from sluice.admission.limits.buckets import Kind, Plan, Verdict
 from sluice.admission.limits.failover import FailoverLimiter
-from sluice.admission.limits.plan import build_plan, estimate_tokens
+from sluice.admission.limits.plan import Planner, estimate_tokens
 from sluice.admission.metrics import ADMISSIONS
 from sluice.admission.principal import AuthError, Principal
 from sluice.admission.priority import Priority
@@ -67,6 +67,7 @@ class Admission:
         self.authenticator = authenticator
         self.limiter = limiter
         self._tiers = {tier: prio.parse(name) for tier, name in config.tier_priority.items()}
+        self._planner = Planner(config.limits)
 
     async def authenticate(self, authorization: str | None) -> Principal | None:
         if self.authenticator is None:
@@ -114,7 +115,7 @@ class Admission:
             return None
         cfg = self.config.limits
         estimate = estimate_tokens(prompt_tokens, max_tokens, cfg.default_max_tokens)
-        plan = build_plan(cfg, principal, model, estimate)
+        plan = self._planner.plan(principal, model, estimate)
         if plan.empty:
             return None
         verdict = await self.limiter.reserve(plan, request_id, cfg.slot_ttl_s)

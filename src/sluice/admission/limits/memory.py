@@ -77,9 +77,13 @@ class MemoryLimiter(Limiter):
         holders = self._slots.get(name)
         if not holders:
             return {}
-        expired = [t for t, exp in holders.items() if exp <= now]
-        for t in expired:
-            del holders[t]
+        # Holders are kept in insertion order and share one TTL, so the oldest expire first:
+        # drop from the front until a live one (O(expired), not O(holders)).
+        while holders:
+            ticket, expiry = next(iter(holders.items()))
+            if expiry > now:
+                break
+            del holders[ticket]
         return holders
 
     @staticmethod

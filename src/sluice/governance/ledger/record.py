@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import orjson
@@ -91,6 +91,8 @@ class AuditRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("extra")
-        return out
+        """The columns as a dict (shallow: values are already plain JSON types)."""
+        return {name: getattr(self, name) for name in _COLUMNS}
+
+
+_COLUMNS = tuple(f.name for f in fields(AuditRecord) if f.name != "extra")
