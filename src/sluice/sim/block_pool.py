@@ -69,6 +69,36 @@ class FreeBlockQueue:
         self._tail.prev_free = block
         self.num_free += 1
 
+    def popleft_many(self, n: int) -> list[KVBlock]:
+        """The ``n`` least recently used blocks, unlinked as one run (a prompt's allocation)."""
+        if n > self.num_free:
+            raise IndexError(f"{n} blocks requested, {self.num_free} free")
+        out: list[KVBlock] = []
+        block = self._head.next_free
+        for _ in range(n):
+            out.append(block)  # type: ignore[arg-type]
+            block = block.next_free  # type: ignore[union-attr]
+        self._head.next_free = block
+        block.prev_free = self._head  # type: ignore[union-attr]
+        for taken in out:
+            taken.prev_free = taken.next_free = None
+        self.num_free -= n
+        return out
+
+    def extend(self, blocks: Iterable[KVBlock]) -> None:
+        """Append blocks at the tail in the given order, linking them as one run."""
+        tail = self._tail
+        last = tail.prev_free
+        count = 0
+        for block in blocks:
+            last.next_free = block  # type: ignore[union-attr]
+            block.prev_free = last
+            last = block
+            count += 1
+        last.next_free = tail  # type: ignore[union-attr]
+        tail.prev_free = last
+        self.num_free += count
+
 
 class BlockPool:
     def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True) -> None:
@@ -114,17 +144,15 @@ class BlockPool:
     def allocate(self, n: int) -> list[KVBlock]:
         if n > self.free_queue.num_free:
             raise ValueError(f"cannot allocate {n} blocks, {self.free_queue.num_free} free")
-        out: list[KVBlock] = []
+        out = self.free_queue.popleft_many(n)
         evicted: list[int] = []
-        popleft = self.free_queue.popleft
-        for _ in range(n):
-            block = popleft()
+        cached = self.cached
+        for block in out:
             if block.block_hash is not None:
                 evicted.append(block.block_hash)
-                del self.cached[block.block_hash]
+                del cached[block.block_hash]
                 block.block_hash = None
             block.ref_cnt = 1
-            out.append(block)
         if evicted and self.record_events:
             self.events.append(BlockRemoved(evicted))
         return out
@@ -142,11 +170,12 @@ class BlockPool:
 
     def free(self, blocks: Sequence[KVBlock]) -> None:
         """Drop one reference from each block; idle ones join the LRU tail, chain tail first."""
-        append = self.free_queue.append
+        idle: list[KVBlock] = []
         for block in reversed(blocks):
             block.ref_cnt -= 1
             if block.ref_cnt == 0:
-                append(block)
+                idle.append(block)
+        self.free_queue.extend(idle)
 
     def cache_blocks(
         self,
