@@ -66,7 +66,11 @@ async def sim_server() -> AsyncIterator[StartServer]:
         server = SimServer(options)
         sock = bind_socket("127.0.0.1", 0)
         config = uvicorn.Config(
-            server.app, log_level="warning", access_log=False, proxy_headers=False
+            server.app,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=1,  # a test that failed mid-stream must not hang teardown
         )
         uv = uvicorn.Server(config)
         uv.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # pytest's
