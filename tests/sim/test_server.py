@@ -370,3 +370,21 @@ def test_text_of_generated_tokens_matches_the_tokenizer() -> None:
     assert server.text_of(ids) == tokenizer.decode(ids)
     assert server.text_of(ids) == server.text_of(ids)  # from the cache the second time
     assert server.text_of([128009]) == ""
+
+
+async def test_continuous_usage_stats_put_usage_in_every_chunk(sim_server: StartServer) -> None:
+    running = await sim_server(num_gpu_blocks=256)
+    client = client_for(running)
+    stream = await client.completions.create(
+        model=running.model,
+        prompt="count with me",
+        max_tokens=5,
+        stream=True,
+        stream_options={"include_usage": True, "continuous_usage_stats": True},
+        extra_body={"ignore_eos": True},
+    )
+    chunks = [c async for c in stream]
+    with_choices = [c for c in chunks if c.choices]
+    assert [c.usage.completion_tokens for c in with_choices if c.usage] == [1, 2, 3, 4, 5]
+    assert all(c.usage and c.usage.prompt_tokens == 3 for c in with_choices)
+    assert chunks[-1].choices == [] and chunks[-1].usage and chunks[-1].usage.total_tokens == 8
