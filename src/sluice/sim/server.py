@@ -523,7 +523,8 @@ class GenerationResponse(Response):
             usage,
             {"sim_timing": _timing(out)},
         )
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        headers = [*self.raw_headers, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 
