@@ -323,6 +323,10 @@ async def test_small_endpoints(sim_server: StartServer) -> None:
         _error(await http.post("/detokenize", json={"tokens": "abc"}), 400)
         _error(await http.post("/detokenize", json={"tokens": [200_000]}), 400)
         _error(await http.post("/tokenize", json={"model": "nope", "prompt": "a"}), 404)
+        chat = {"messages": [{"role": "user", "content": "hi"}]}
+        with_prompt = (await http.post("/tokenize", json=chat)).json()["count"]
+        bare = {**chat, "add_generation_prompt": False}
+        assert (await http.post("/tokenize", json=bare)).json()["count"] < with_prompt
 
 
 async def test_reset_prefix_cache(sim_server: StartServer) -> None:

@@ -310,7 +310,11 @@ class SimServer:
                 messages = fmt.parse_generation_request(
                     orjson.dumps({"messages": body["messages"]}), "chat"
                 ).messages
-                tokens = self.tokenizer.encode(self.tokenizer.apply_chat_template(messages or []))
+                add_prompt = body.get("add_generation_prompt", True)
+                if not isinstance(add_prompt, bool):
+                    raise fmt.APIError(400, "'add_generation_prompt' must be a boolean.")
+                rendered = self.tokenizer.apply_chat_template(messages or [], add_prompt)
+                tokens = self.tokenizer.encode(rendered)
             elif isinstance(body.get("prompt"), str):
                 tokens = self.tokenizer.encode(body["prompt"])
             else:
