@@ -222,3 +222,38 @@ async def test_audit_rows_and_registry_metadata(tmp_path: Path) -> None:
     assert row["cost_usd"] == (7 * 1.0 + 3 * 2.0) / 1e6
     assert row["e2e_ms"] > 0
     assert row["prompt_text"] == "user: mail me at [EMAIL]"
+
+
+async def test_queue_holds_then_times_out_and_bad_priority_header(tmp_path: Path) -> None:
+    engine = await EngineDouble(chunks=100, chunk_delay=0.05).start()
+    config = governed_config(
+        [engine.url],
+        tmp_path,
+        **{"admission.queue.max_in_flight": 1, "admission.queue.max_wait_s": 0.4},
+    )
+    try:
+        async with governed_gateway(config) as (url, _), httpx.AsyncClient(timeout=20) as client:
+            trusted = (await _key(client, url, trusted=True))["key"]
+            chat = url + "/v1/chat/completions"
+            bad = await client.post(
+                chat, json=BODY, headers={**_bearer(trusted), "x-sluice-priority": "urgent"}
+            )
+            assert _openai_error(bad, 400)["param"] == "x-sluice-priority"
+            stream = {**BODY, "stream": True}
+            async with client.stream("POST", chat, json=stream, headers=_bearer(trusted)) as r:
+                chunks = r.aiter_bytes()
+                await chunks.__anext__()  # the only slot on the engine is now taken
+                t0 = asyncio.get_running_loop().time()
+                held = await client.post(
+                    chat, json=BODY, headers={**_bearer(trusted), "x-sluice-priority": "critical"}
+                )
+                waited = asyncio.get_running_loop().time() - t0
+                err = _openai_error(held, 503)
+                assert err["code"] == "queue_timeout" and int(held.headers["retry-after"]) >= 1
+                assert waited >= 0.35
+                await chunks.aclose()
+            # Capacity is back: the next request passes straight through.
+            ok = await client.post(chat, json=BODY, headers=_bearer(trusted))
+            assert ok.status_code == 200
+    finally:
+        await engine.stop()

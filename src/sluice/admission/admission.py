@@ -23,6 +23,7 @@ from sluice.admission.principal import AuthError, Principal
 from sluice.admission.priority import Priority
 
 log = structlog.get_logger("sluice.admission")
+_ADMITTED = ADMISSIONS.labels("admitted")
 
 
 class Rejection(Exception):
@@ -121,7 +122,7 @@ class Admission:
         verdict = await self.limiter.reserve(plan, request_id, cfg.slot_ttl_s)
         headers = rate_limit_headers(verdict)
         if verdict.allowed:
-            ADMISSIONS.labels("admitted").inc()
+            _ADMITTED.inc()
             return Ticket(request_id, plan, verdict.backend, estimate, headers)
         raise self._refusal(verdict, plan, headers)
 

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 import structlog
 from alembic import command
 from alembic.config import Config
@@ -36,8 +37,14 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 def make_engine(url: str = DEFAULT_URL, **kwargs: Any) -> AsyncEngine:
     url = normalise_url(url)
+    kwargs.setdefault("json_serializer", _json_dumps)
+    kwargs.setdefault("json_deserializer", orjson.loads)
     if url.startswith("sqlite"):
         engine = create_async_engine(url, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
