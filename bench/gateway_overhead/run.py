@@ -60,7 +60,10 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 def to_ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if found is None:  # wrk prints no latency when every request failed
+        return float("nan")
+    value, unit = found.groups()
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
@@ -105,7 +108,7 @@ def floor_rows(root: Path, script: Path, conns: list[int], duration: int) -> Non
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        time.sleep(2)
+        wait_http(f"http://127.0.0.1:{port}/health")
         print("\nFloor (bare uvicorn + uvloop + httptools, canned JSON, no upstream, core 0):\n")
         print("| conns | req/s | p50 | p99 | CPU µs/req |")
         print("|---|---|---|---|---|")
