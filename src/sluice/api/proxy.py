@@ -240,11 +240,18 @@ async def _load_adapter(gw: Gateway, state: EndpointState, adapter: str) -> None
 
 def _usage_from_body(ctx: RequestContext, data: bytes) -> None:
     try:
-        usage = orjson.loads(data).get("usage")
+        parsed = orjson.loads(data)
+        usage = parsed.get("usage")
     except (orjson.JSONDecodeError, AttributeError):
         return
     if isinstance(usage, dict):
         ctx.usage.update(usage)
+    # The first choice's finish reason, for the audit row (governance reads ctx.extra).
+    choices = parsed.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        reason = choices[0].get("finish_reason")
+        if isinstance(reason, str):
+            ctx.extra["finish_reason"] = reason
 
 
 def _headers(gw: Gateway, ctx: RequestContext, content_type: bytes) -> list[tuple[bytes, bytes]]:
