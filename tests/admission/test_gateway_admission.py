@@ -220,7 +220,7 @@ async def test_audit_rows_and_registry_metadata(tmp_path: Path) -> None:
     assert row["sampling"] == {"max_tokens": 10, "temperature": 0.3}
     assert (row["prompt_tokens"], row["completion_tokens"], row["status"]) == (7, 3, 200)
     assert row["cost_usd"] == (7 * 1.0 + 3 * 2.0) / 1e6
-    assert row["e2e_ms"] > 0
+    assert row["e2e_ms"] > 0 and row["finish_reason"] == "length"
     assert row["prompt_text"] == "user: mail me at [EMAIL]"
 
 
