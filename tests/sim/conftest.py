@@ -53,6 +53,7 @@ async def sim_server() -> AsyncIterator[StartServer]:
         kv_events_endpoint: str | None = None,
         kv_events_map_format: bool = False,
         kv_events_replay_endpoint: str | None = None,
+        tokenizer_path: str | None = None,
         **engine: Any,
     ) -> RunningServer:
         options = ServerOptions(
@@ -62,6 +63,7 @@ async def sim_server() -> AsyncIterator[StartServer]:
             kv_events_endpoint=kv_events_endpoint,
             kv_events_map_format=kv_events_map_format,
             kv_events_replay_endpoint=kv_events_replay_endpoint,
+            tokenizer_path=tokenizer_path,
         )
         server = SimServer(options)
         sock = bind_socket("127.0.0.1", 0)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.applications import Starlette
@@ -34,6 +35,8 @@ from sluice.sim.metrics import CONTENT_TYPE, EngineMetrics, LoRAState
 from sluice.sim.request import RequestError, RequestOutput, SamplingParams, SimRequest
 from sluice.sim.runner import EngineRunner, RequestHandle
 from sluice.sim.tokenizer import Tokenizer, WordTokenizer, load_tokenizer
+
+log = logging.getLogger("sluice.sim.server")
 
 
 @dataclass(slots=True)
@@ -107,7 +110,12 @@ class SimServer:
         if scope["type"] == "http" and scope["method"] == "POST":
             kind = self._generation_paths.get(scope["path"])
             if kind is not None:
-                response = await self._generate(Request(scope, receive), kind)
+                try:
+                    response = await self._generate(Request(scope, receive), kind)
+                except Exception:
+                    # A bug, not bad input: log it here, answer in the API's error shape.
+                    log.exception("generation request failed")
+                    response = _error(fmt.APIError(500, "Internal server error."))
                 await response(scope, receive, send)
                 return
         await self._starlette(scope, receive, send)
@@ -223,6 +231,12 @@ class SimServer:
             if word:
                 words.append(word)
         return " ".join(words)
+
+    def detokenizer(self) -> Detokenizer:
+        """A per-stream detokenizer whose deltas concatenate to the non-streamed text."""
+        if self._pieces is not None:
+            return WordDetokenizer(self.text_of)
+        return IncrementalDetokenizer(self.tokenizer)
 
     def _resolve_model(self, model: str | None) -> tuple[str, str | None]:
         if model is None or model == self.model_name:
@@ -418,6 +432,54 @@ class SimServer:
         )
 
 
+class Detokenizer(Protocol):
+    def push(self, token_ids: list[int], final: bool) -> str:
+        """The text the new tokens add to the stream."""
+        ...
+
+
+class WordDetokenizer:
+    """Word-level ids decode independently; only the separating space needs care."""
+
+    __slots__ = ("_started", "_text_of")
+
+    def __init__(self, text_of: Callable[[list[int]], str]) -> None:
+        self._text_of = text_of
+        self._started = False
+
+    def push(self, token_ids: list[int], final: bool) -> str:
+        text = self._text_of(token_ids) if token_ids else ""
+        if not text:
+            return ""
+        if self._started:
+            return " " + text
+        self._started = True
+        return text
+
+
+class IncrementalDetokenizer:
+    """Subword tokenizers: decode the whole output and send what is new (vLLM's approach,
+    without its prefix-offset optimisation: outputs here are short and this path is optional)."""
+
+    __slots__ = ("_ids", "_text", "_tokenizer")
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._ids: list[int] = []
+        self._text = ""
+
+    def push(self, token_ids: list[int], final: bool) -> str:
+        self._ids.extend(token_ids)
+        text = self._tokenizer.decode(self._ids)
+        if text.endswith("\ufffd") and not final:
+            return ""  # a multi-byte character is split across tokens: wait for the rest
+        # Decoding more tokens may rewrite the tail of earlier text only in pathological
+        # tokenizers; what was sent stays sent.
+        delta = text[len(self._text) :]
+        self._text = text
+        return delta
+
+
 class GenerationResponse(Response):
     """Streams (SSE) or collects one request's tokens while listening for the client leaving."""
 
@@ -459,12 +521,11 @@ class GenerationResponse(Response):
     async def _stream(self, send: Send) -> None:
         parsed, handle = self.parsed, self.handle
         encoder = fmt.ChunkEncoder(parsed.kind, handle.request_id, self.model)
-        decode = self.server.text_of
+        detokenizer = self.server.detokenizer()
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         if parsed.kind == "chat":
             await send({"type": "http.response.body", "body": encoder.role(), "more_body": True})
         generated = 0
-        emitted_text = False
         queue = self.handle.queue
         while True:
             out = await queue.get()
@@ -478,11 +539,7 @@ class GenerationResponse(Response):
                         await send({"type": "http.response.body", "body": body})
                     return  # aborted: the client is gone
                 generated += len(out.new_token_ids)
-                text = decode(out.new_token_ids) if out.new_token_ids else ""
-                if text:
-                    # Word pieces decode without their separating space; chunks must
-                    # concatenate to the non-streamed text.
-                    text, emitted_text = (" " + text if emitted_text else text), True
+                text = detokenizer.push(out.new_token_ids, out.finished)
                 usage = None
                 if parsed.continuous_usage_stats:
                     usage = fmt.usage_dict(out.num_prompt_tokens, generated, out.num_cached_tokens)
