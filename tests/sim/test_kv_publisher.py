@@ -244,6 +244,7 @@ async def test_replay_serves_missed_batches(sim_server: StartServer) -> None:
     async with httpx.AsyncClient() as http:
         info = (await http.get(running.url + "/get_server_info")).json()
     assert info["kv_events_replay_endpoint"] == publisher.bound_replay_endpoint
+    assert info["kv_events_batches"] == published and info["kv_events_dropped_batches"] == 0
 
 
 async def _replay(

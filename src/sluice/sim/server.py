@@ -427,6 +427,11 @@ class SimServer:
                     self.publisher.bound_replay_endpoint if self.publisher else None
                 ),
                 "kv_events_topic": self.options.kv_events_topic,
+                # Batches published so far (the next sequence number) and dropped at the HWM.
+                "kv_events_batches": self.publisher.seq if self.publisher else 0,
+                "kv_events_dropped_batches": (
+                    self.publisher.dropped_batches if self.publisher else 0
+                ),
                 "data_parallel_rank": self.options.engine_index,
             }
         )
