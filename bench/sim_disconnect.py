@@ -18,8 +18,8 @@ import time
 import orjson
 import uvicorn
 
-from sluice.sim.cli import bind_socket
 from sluice.sim.engine import EngineConfig
+from sluice.sim.launch import bind_socket
 from sluice.sim.server import ServerOptions, SimServer
 from sluice.sim.tokenizer import text_of_length
 

@@ -22,9 +22,8 @@ from typing import Any
 import pytest
 import uvicorn
 
-from sluice.sim.cli import bind_socket
 from sluice.sim.engine import EngineConfig
-from sluice.sim.launch import EngineFleet, start_engines
+from sluice.sim.launch import EngineFleet, bind_socket, start_engines
 from sluice.sim.server import ServerOptions, SimServer
 
 

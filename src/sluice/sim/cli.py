@@ -22,20 +22,10 @@ from typing import Annotated
 import typer
 
 from sluice.sim.engine import EngineConfig
+from sluice.sim.launch import bind_socket
 from sluice.sim.server import ServerOptions
 
 _READY_PREFIX = "sluice-sim engine listening on"
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket (port 0: a free one), inheritable by child processes."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
 
 
 def serve(options: ServerOptions, sock: socket.socket, log_level: str = "warning") -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
-
-from sluice.sim.cli import bind_socket
 
 # Keyword options of ``start_engines`` and the ``sluice sim`` flag each one becomes.
 ENGINE_OPTIONS = frozenset(
@@ -50,6 +49,17 @@ ENGINE_OPTIONS = frozenset(
         "log_level",
     }
 )
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0: a free one), inheritable by child processes."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 class EngineStartError(RuntimeError):
