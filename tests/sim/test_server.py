@@ -392,3 +392,26 @@ async def test_continuous_usage_stats_put_usage_in_every_chunk(sim_server: Start
     assert [c.usage.completion_tokens for c in with_choices if c.usage] == [1, 2, 3, 4, 5]
     assert all(c.usage and c.usage.prompt_tokens == 3 for c in with_choices)
     assert chunks[-1].choices == [] and chunks[-1].usage and chunks[-1].usage.total_tokens == 8
+
+
+async def test_engine_failure_ends_streams_with_an_error_and_fails_health(
+    sim_server: StartServer,
+) -> None:
+    """The engine is replaced by a step that raises: a crash of the engine model cannot be
+    provoked through its public API, and this is the only double in this file."""
+    running = await sim_server(num_gpu_blocks=256)
+
+    def broken_step() -> None:
+        raise RuntimeError("simulated engine crash")
+
+    running.server.engine.step = broken_step  # type: ignore[method-assign,assignment]
+    body = {"model": running.model, "prompt": "hi", "max_tokens": 5, "stream": True}
+    async with httpx.AsyncClient(base_url=running.url) as http:
+        response = await http.post("/v1/completions", json=body)
+        assert response.status_code == 200  # headers were sent before the crash
+        events = [line for line in response.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"
+        error = orjson.loads(events[-2][6:])["error"]
+        assert error["code"] == 500 and "engine" in error["message"]
+        assert (await http.get("/health")).status_code == 503
+        _error(await http.post("/v1/completions", json=body), 503)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from sluice.sim.engine import Engine
 from sluice.sim.kv_events import KVEvent
 from sluice.sim.metrics import EngineMetrics
 from sluice.sim.request import RequestOutput, SimRequest
+
+log = logging.getLogger("sluice.sim.runner")
 
 # How far (wall seconds) the runner may fall behind schedule before it re-anchors the clock.
 _MAX_LAG_S = 0.05
@@ -100,7 +103,7 @@ class EngineRunner:
         self._task: asyncio.Task[None] | None = None
         self._anchor_wall = 0.0
         self._anchor_virtual = 0.0
-        self.failure: BaseException | None = None
+        self.failure: Exception | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -203,14 +206,12 @@ class EngineRunner:
                         self._anchor_wall, self._anchor_virtual = loop.time(), self.engine.now
                     await asyncio.sleep(0 if step.outputs else _EMPTY_STEP_WAIT_S)
                 self._deliver(step.outputs)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # the server reports itself unhealthy (503) from here on
+        except Exception as exc:  # the server reports itself unhealthy (503) from here on
+            log.exception("the simulated engine failed; the server now answers 503")
             self.failure = exc
             for handle in self._handles.values():
                 handle.queue.put_nowait(None)
             self._handles.clear()
-            raise
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         now = self.engine.now
