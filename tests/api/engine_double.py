@@ -22,7 +22,7 @@ MODEL = "double-model"
 class EngineDouble:
     name: str = "double"
     # "ok" | "status" (answer with ``status``) | "die_mid_stream" | "die_before_first_byte"
-    # | "hang" (accept, then never send a byte)
+    # | "hang" (accept, then never send a byte) | "stall_mid_stream" (one chunk, then silence)
     mode: str = "ok"
     status: int = 503
     error_body: bytes = b""
@@ -123,6 +123,8 @@ class EngineDouble:
                     assert request.transport is not None
                     request.transport.abort()
                     return response
+                if self.mode == "stall_mid_stream" and i == 1:
+                    await asyncio.sleep(3600)
                 delta = {"delta": {"content": "x"}} if chat else {"text": "x"}
                 chunk = {
                     "id": "cmpl-1",

@@ -205,3 +205,34 @@ async def test_scraper_reads_vllm_metrics_into_endpoint_state(
         assert (state.waiting, state.kv_usage, state.block_size) == (2, 0.25, 32)
         assert state.num_blocks == 4096
         assert state.loras == frozenset({"sql", "chat"}) and state.max_loras == 4
+
+
+async def test_idle_read_timeout_retries_a_silent_engine_before_the_first_byte(
+    doubles: list[EngineDouble],
+) -> None:
+    doubles[0].mode = "hang"
+    config = gateway_config([d.url for d in doubles], **{"upstream.idle_read_timeout_s": 0.3})
+    async with running_gateway(config) as (url, gw), httpx.AsyncClient() as client:
+        response = await client.post(url + "/v1/chat/completions", json=CHAT)
+        assert response.status_code == 200
+        assert len(doubles[1].requests) == 1
+        metrics = gw.metrics.render().decode()
+        assert 'sluice_upstream_retries_total{endpoint="e0",reason="timeout"} 1.0' in metrics
+
+
+async def test_idle_read_timeout_mid_stream_ends_the_stream_with_an_error_event(
+    doubles: list[EngineDouble],
+) -> None:
+    doubles[0].mode = "stall_mid_stream"
+    config = gateway_config([doubles[0].url], **{"upstream.idle_read_timeout_s": 0.3})
+    async with running_gateway(config) as (url, gw), httpx.AsyncClient() as client:
+        response = await client.post(url + "/v1/chat/completions", json={**CHAT, "stream": True})
+        events = [e for e in response.content.split(b"\n\n") if e]
+        assert b'"content":"x"' in events[0]  # the chunk sent before the silence
+        assert b'"error"' in events[-2] and events[-1] == b"data: [DONE]"
+        for _ in range(100):  # the gateway closed the upstream connection
+            if doubles[0].disconnects:
+                break
+            await asyncio.sleep(0.01)
+        assert doubles[0].disconnects == 1
+        assert gw.fleet.states[0].in_flight == 0
