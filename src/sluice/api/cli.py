@@ -48,7 +48,10 @@ def up(
     typer.echo(f"starting {engines} simulated engine(s) ({model} on {gpu}) ...", err=True)
     with start_engines(engines, gpu=gpu, model=model) as fleet:
         cfg = cfg.model_copy(update={"endpoints": _endpoints(cfg, fleet.urls)}, deep=True)
-        server = GatewayServer(cfg)
+        try:
+            server = GatewayServer(cfg)
+        except OSError as exc:
+            _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
         server.start()
         try:
             served = sorted(server.gateway.fleet.served_models()) or ["<model>"]
@@ -91,7 +94,10 @@ def serve(
         gateway = Gateway(cfg)
     except ValueError as exc:
         _fail(f"{config or 'configuration'}: {exc}")
-    sock = bind(cfg.server.host, cfg.server.port)
+    try:
+        sock = bind(cfg.server.host, cfg.server.port)
+    except OSError as exc:
+        _fail(f"cannot listen on {cfg.server.host}:{cfg.server.port}: {exc.strerror or exc}")
     typer.echo(f"sluice gateway on http://{cfg.server.host}:{sock.getsockname()[1]}", err=True)
     uvicorn.Server(uvicorn_config(build_app(gateway), cfg)).run(sockets=[sock])
 
