@@ -102,6 +102,8 @@ def sim(
             scheduling_policy=scheduling_policy,
             served_model_name=served_model_name,
             seed=seed,
+            # Loading is capped at max_loras too, so the per-batch cap agrees with what is loaded.
+            max_loras=max_loras or None,
         )
         kv_endpoint = replay_endpoint = None
         if kv_events_port is not None:
