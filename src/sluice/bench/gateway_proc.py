@@ -25,6 +25,12 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--policy", default="least_load")
     ap.add_argument("--options", default="{}", help="routing options as JSON")
+    ap.add_argument(
+        "--governed",
+        action="store_true",
+        help="keep admission (auth, limits) and governance (audit) on; off by default so that "
+        "a routing comparison with peer routers, which have neither, is like for like",
+    )
     ap.add_argument("urls", nargs="+")
     args = ap.parse_args()
     config = {
@@ -33,6 +39,9 @@ def main() -> None:
         "logging": {"level": "warning", "requests": False},
         "endpoints": [{"url": u} for u in args.urls],
     }
+    if not args.governed:
+        config["admission"] = {"enabled": False}
+        config["governance"] = {"ledger": {"enabled": False}}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(config, f)  # JSON is YAML
     cfg = load_config(f.name)
