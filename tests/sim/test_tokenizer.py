@@ -114,3 +114,24 @@ def test_engine_generates_only_ids_the_real_tokenizer_knows(tmp_path: Path) -> N
             generated += out.new_token_ids
     assert generated and all(0 <= t < 5 for t in generated[:-1])
     assert generated[-1] == 5  # a natural stop ends with EOS
+
+
+def test_special_tokens_first_in_the_vocabulary_leave_a_plain_filler_range(tmp_path: Path) -> None:
+    """BERT-style vocabularies put special tokens at the lowest ids; filler must skip them."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<|eot_id|>": 0, "[UNK]": 1, "hello": 2, "world": 3, "again": 4}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.add_special_tokens(["<|eot_id|>", "[UNK]"])
+    path = tmp_path / "tokenizer.json"
+    tokenizer.save(str(path))
+    tok = HFTokenizer.from_file(str(path))
+    assert tok.filler_token_ids() == range(2, 5)
+    engine = Engine(EngineConfig(num_gpu_blocks=64), tokenizer=tok)
+    engine.add_request(SimRequest("r", tok.encode("hello"), SamplingParams(max_tokens=20)))
+    generated: list[int] = []
+    while engine.has_unfinished():
+        for out in engine.step().outputs:
+            generated += out.new_token_ids
+    assert generated and all(2 <= t < 5 for t in generated if t != tok.eos_token_id)

@@ -171,8 +171,8 @@ class HFTokenizer:
             None,
         )
         added = getattr(tokenizer, "get_added_tokens_decoder", lambda: {})()
-        special = [i for i, t in added.items() if getattr(t, "special", False)]
-        self._first_special = min(special, default=self.vocab_size)
+        special = {i for i, t in added.items() if getattr(t, "special", False)}
+        self._filler = _longest_run_without(special, self.vocab_size)
 
     @classmethod
     def from_file(cls, path: str) -> HFTokenizer:
@@ -192,7 +192,24 @@ class HFTokenizer:
         return render_llama3_chat(messages, add_generation_prompt)
 
     def filler_token_ids(self) -> range:
-        return range(0, self._first_special)
+        return self._filler
+
+
+def _longest_run_without(excluded: set[int], vocab_size: int) -> range:
+    """The longest run of consecutive ids in ``[0, vocab_size)`` that avoids ``excluded``.
+
+    Special tokens may sit at the start of the vocabulary (BERT-style) or at its end (Llama-3),
+    so filler text must come from whichever plain stretch is longest, never from an empty one.
+    """
+    best = range(0)
+    start = 0
+    for stop in [*sorted(i for i in excluded if 0 <= i < vocab_size), vocab_size]:
+        if stop - start > len(best):
+            best = range(start, stop)
+        start = stop + 1
+    if not best:
+        raise ValueError("the tokenizer has no ordinary (non-special) tokens to generate from")
+    return best
 
 
 def load_tokenizer(path: str | None = None) -> Tokenizer:
