@@ -69,11 +69,29 @@ VARIANTS = {
     "prefix_affinity": Variant("prefix_affinity (SGLang 0.3/64/1.5)", "prefix_affinity"),
     "weighted": Variant("weighted (llm-d 3:2:2)", "weighted"),
     "cost_model": Variant("cost_model", "cost_model"),
+    "affinity_cost": Variant("affinity_cost", "affinity_cost"),
+    "affinity_cost_precise": Variant(
+        "affinity_cost, precise (KV events)", "affinity_cost", "precise"
+    ),
     "cost_model_precise": Variant("cost_model, precise (KV events)", "cost_model", "precise"),
     "prefix_affinity_precise": Variant(
         "prefix_affinity, precise (KV events)", "prefix_affinity", "precise"
     ),
 }
+
+
+def parse_variant(spec: str) -> Variant:
+    """``name`` or ``name:key=value:key=value`` (policy options, numbers as floats)."""
+    name, *pairs = spec.split(":")
+    base = VARIANTS[name]
+    if not pairs:
+        return base
+    options = dict(base.options)
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        options[key] = float(value)
+    label = base.label + " " + " ".join(pairs)
+    return Variant(label, base.policy, base.mode, options)
 
 
 def run_variant(
@@ -207,7 +225,9 @@ def main() -> None:
     parser.add_argument("--engine-opt", action="append", default=[], help="EngineConfig k=v")
     parser.add_argument("--engines", type=int, default=8)
     parser.add_argument("--block-size", type=int, default=16)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help="names, each optionally :key=value..."
+    )
     parser.add_argument("--trace", default="/work/shared/traces/mooncake_conversation.jsonl")
     parser.add_argument(
         "--floor", type=float, default=0.0, help="also compute the TTFT p99 floor (top share)"
@@ -220,9 +240,10 @@ def main() -> None:
         return build_workload(args.workload, options, trace=args.trace)
 
     rows = []
-    for name in args.variants.split(","):
+    for spec in args.variants.split(","):
         t0 = time.perf_counter()
-        row = run_variant(VARIANTS[name], workload, args.engines, args.engine_opt, args.block_size)
+        variant = parse_variant(spec)
+        row = run_variant(variant, workload, args.engines, args.engine_opt, args.block_size)
         rows.append(row)
         print(json.dumps(row), f"({time.perf_counter() - t0:.0f}s)", flush=True)
     if args.floor:

@@ -9,7 +9,7 @@ from sluice.routing.cost_model import CostModel
 from sluice.routing.hashing import hash_token_blocks
 from sluice.routing.prefix_index import PrefixIndex
 
-CACHE_POLICIES = ["prefix_affinity", "weighted", "cost_model"]
+CACHE_POLICIES = ["prefix_affinity", "weighted", "cost_model", "affinity_cost"]
 
 
 def _states(n: int) -> list[EndpointState]:
@@ -151,3 +151,43 @@ def test_capacity_follows_engine_block_count() -> None:
     policy = make_policy("prefix_affinity", index=index)
     policy.pick(_facts(list(range(16))), states, 0.0)
     assert index.capacity("e0") == 200
+
+
+def test_cost_model_sees_a_long_prefill_that_request_counts_miss() -> None:
+    states = _states(2)
+    # e0: one request, but a 100k-token prefill in progress; e1: three short ones.
+    states[0].in_flight, states[0].in_flight_prefill_tokens = 1, 100_000
+    states[1].in_flight, states[1].in_flight_prefill_tokens = 3, 3_000
+    facts = _facts(list(range(512)))
+    assert make_policy("least_load").pick(facts, states, 0).endpoint.id == "e0"
+    for name in ("cost_model", "affinity_cost"):
+        assert make_policy(name).pick(facts, states, 0).endpoint.id == "e1"
+
+
+def test_affinity_cost_sticks_to_a_conversation_unless_saturated() -> None:
+    states = _states(2)
+    policy = make_policy("affinity_cost")
+    prompt = list(range(4096))
+    home = _route(policy, _facts(prompt), [states[1]]).endpoint
+    # The home has more queued prefill than the cache saves: the pure cost model would leave.
+    home.in_flight, home.in_flight_prefill_tokens = 4, 8_000
+    follow_up = _facts([*prompt, *range(9000, 9200)])
+    assert (
+        make_policy("cost_model", index=policy.index).pick(follow_up, states, 0).endpoint.id == "e0"
+    )
+    decision = policy.pick(follow_up, states, 0)
+    assert decision.endpoint is home and "prefix match" in decision.reason
+    home.kv_usage = 0.97
+    assert policy.pick(follow_up, states, 0).endpoint.id == "e0"
+
+
+def test_cost_model_penalties_for_memory_and_load() -> None:
+    states = _states(2)
+    states[0].kv_usage = 0.99
+    states[1].in_flight_prefill_tokens = 2_000
+    facts = _facts(list(range(256)))
+    assert make_policy("cost_model").pick(facts, states, 0).endpoint.id == "e0"
+    assert make_policy("cost_model", kv_penalty=2.0).pick(facts, states, 0).endpoint.id == "e1"
+    states[0].kv_usage = 0.0
+    states[0].in_flight = 40
+    assert make_policy("cost_model", load_penalty=0.05).pick(facts, states, 0).endpoint.id == "e1"

@@ -12,7 +12,15 @@
   and reads its KV, slowing prefill down a little;
 * ``seconds_per_token``: the engine's prefill speed, learned online per endpoint from observed
   TTFTs (an exponentially weighted mean of ``(ttft - overhead) / work``), starting from the
-  fleet-wide estimate, itself starting from ``prefill_rate``.
+  fleet-wide estimate, itself starting from ``prefill_rate``;
+* plus ``kv_penalty`` seconds, scaled by how far the engine's KV usage is above ``kv_knee``:
+  a request that hits the cache of a memory-full engine still waits there for running requests
+  to finish and free blocks, a wait no prefill count shows;
+* ``load_penalty`` seconds per outstanding request above the least-loaded candidate: when KV
+  memory, not prefill, is the bottleneck, a request waits behind the requests holding memory;
+* ``miss_weight`` > 1 charges this request's own uncached tokens more than queued ones: a miss
+  also costs later requests (it evicts other prompts' blocks and duplicates this one's), which a
+  per-request TTFT does not see. 1 is the pure predicted TTFT.
 
 A hit is worth exactly the prefill it saves, and a hot prefix stops attracting traffic as soon
 as the queue in front of it costs more than recomputing elsewhere: no threshold to tune.
@@ -44,6 +52,10 @@ class CostModel(CacheAwarePolicy):
         overhead: float = 0.015,
         decode_weight: float = 0.005,
         learning_rate: float = 0.1,
+        kv_penalty: float = 0.0,
+        kv_knee: float = 0.8,
+        miss_weight: float = 1.0,
+        load_penalty: float = 0.0,
     ) -> None:
         super().__init__(index, learn)
         if prefill_rate <= 0 or not 0 < learning_rate <= 1:
@@ -52,38 +64,57 @@ class CostModel(CacheAwarePolicy):
         self.overhead = overhead
         self.decode_weight = decode_weight
         self.learning_rate = learning_rate
+        self.kv_penalty = kv_penalty
+        self.kv_knee = kv_knee
+        self.miss_weight = miss_weight
+        self.load_penalty = load_penalty
         self.fleet_spt = self.prior_spt
         self.spt: dict[str, float] = {}
         self.samples = 0
-        self._offered: dict[int | str, dict[str, tuple[float, float]]] = {}
+        self._offered: dict[int | str, dict[str, tuple[float, float, float]]] = {}
         self._pending: OrderedDict[int | str, tuple[str, float, float]] = OrderedDict()
 
     def seconds_per_token(self, endpoint_id: str) -> float:
         return self.spt.get(endpoint_id, self.fleet_spt)
 
-    def _terms(self, c: EndpointState, view: CacheView) -> tuple[float, float]:
-        work = float(c.in_flight_prefill_tokens + view.uncached_tokens(c.id))
+    def _terms(self, c: EndpointState, view: CacheView) -> tuple[float, float, float]:
         slowdown = 1.0 + self.decode_weight * max(c.in_flight, c.running)
-        return work, slowdown
+        return float(c.in_flight_prefill_tokens), float(view.uncached_tokens(c.id)), slowdown
 
-    def predict(self, c: EndpointState, view: CacheView) -> float:
-        work, slowdown = self._terms(c, view)
-        return self.overhead + work * self.seconds_per_token(c.id) * slowdown
+    def predict(self, c: EndpointState, view: CacheView, min_load: int = 0) -> float:
+        queued, uncached, slowdown = self._terms(c, view)
+        work = queued + self.miss_weight * uncached
+        predicted = self.overhead + work * self.seconds_per_token(c.id) * slowdown
+        if c.kv_usage > self.kv_knee:
+            predicted += self.kv_penalty * (c.kv_usage - self.kv_knee) / (1.0 - self.kv_knee)
+        return predicted + self.load_penalty * (c.load() - min_load)
 
     def choose(
         self, facts: RequestFacts, candidates: Sequence[EndpointState], now: float
     ) -> Decision:
-        view = self.view(facts, candidates)
-        predicted = {c.id: self.predict(c, view) for c in candidates}
+        return self.cheapest(facts, candidates, self.view(facts, candidates))
+
+    def cheapest(
+        self, facts: RequestFacts, candidates: Sequence[EndpointState], view: CacheView
+    ) -> Decision:
+        """The candidate with the lowest predicted TTFT (ties: least loaded)."""
+        min_load = min(c.load() for c in candidates)
+        predicted = {c.id: self.predict(c, view, min_load) for c in candidates}
         best = min(predicted.values())
         chosen = least_loaded([c for c in candidates if predicted[c.id] <= best * (1 + 1e-9)])
-        self._offered[_key(facts)] = {c.id: self._terms(c, view) for c in candidates}
-        if len(self._offered) > _MAX_PENDING:
-            self._offered.pop(next(iter(self._offered)))
+        self.remember(facts, candidates, view)
         cached = view.cached_tokens(chosen.id)
         reason = f"min predicted ttft {best * 1000:.1f}ms (cached {cached}/{facts.prompt_tokens})"
         scores = {k: round(v * 1000, 2) for k, v in predicted.items()}  # milliseconds
         return self.decision(chosen, view, reason, scores)
+
+    def remember(
+        self, facts: RequestFacts, candidates: Sequence[EndpointState], view: CacheView
+    ) -> None:
+        """Keep each candidate's predicted work, to learn from the TTFT of the one dispatched."""
+        self._offered[_key(facts)] = {c.id: self._terms(c, view) for c in candidates}
+        if len(self._offered) > _MAX_PENDING:
+            self._offered.pop(next(iter(self._offered)))
 
     def on_dispatch(self, facts: RequestFacts, endpoint: EndpointState, now: float) -> None:
         super().on_dispatch(facts, endpoint, now)
@@ -91,8 +122,8 @@ class CostModel(CacheAwarePolicy):
         offered = self._offered.pop(key, None)
         if offered is None or endpoint.id not in offered:
             return
-        work, slowdown = offered[endpoint.id]
-        self._pending[key] = (endpoint.id, work, slowdown)
+        queued, uncached, slowdown = offered[endpoint.id]
+        self._pending[key] = (endpoint.id, queued + uncached, slowdown)
         if len(self._pending) > _MAX_PENDING:
             self._pending.popitem(last=False)
 
@@ -121,9 +152,61 @@ class CostModel(CacheAwarePolicy):
         self.samples += 1
 
 
+class AffinityCost(CostModel):
+    """Prefix affinity first, the cost model for everything else.
+
+    A request whose best match covers more than ``cache_threshold`` of its prompt goes to that
+    endpoint unless it is saturated (KV usage at ``kv_saturation``, ``max_waiting`` queued in the
+    engine) -- sticking to a conversation's cache keeps it warm for its next turns, a benefit the
+    per-request TTFT does not count. Every other request (a miss, a saturated home, an
+    imbalanced fleet) goes where its predicted TTFT is lowest, which sees what request counts
+    do not: a huge prefill in progress, a queue of long prompts.
+    """
+
+    name = "affinity_cost"
+
+    def __init__(
+        self,
+        index: PrefixIndex | None = None,
+        learn: bool = True,
+        cache_threshold: float = 0.3,
+        kv_saturation: float = 0.95,
+        max_waiting: int = 10,
+        balance_abs: int = 64,
+        balance_rel: float = 1.5,
+        **cost_options: float,
+    ) -> None:
+        super().__init__(index, learn, **cost_options)
+        self.cache_threshold = cache_threshold
+        self.kv_saturation = kv_saturation
+        self.max_waiting = max_waiting
+        self.balance_abs = balance_abs
+        self.balance_rel = balance_rel
+
+    def choose(
+        self, facts: RequestFacts, candidates: Sequence[EndpointState], now: float
+    ) -> Decision:
+        view = self.view(facts, candidates)
+        if not view.depths:
+            return self.cheapest(facts, candidates, view)
+        loads = [c.load() for c in candidates]
+        low, high = min(loads), max(loads)
+        if high - low > self.balance_abs and high > self.balance_rel * low:
+            return self.cheapest(facts, candidates, view)
+        home = max(candidates, key=lambda c: (view.depths.get(c.id, 0), -c.load()))
+        ratio = view.fraction(home.id)
+        saturated = home.kv_usage >= self.kv_saturation or home.waiting >= self.max_waiting
+        if ratio <= self.cache_threshold or saturated:
+            return self.cheapest(facts, candidates, view)
+        self.remember(facts, candidates, view)
+        scores = {c.id: round(view.fraction(c.id), 3) for c in candidates}
+        return self.decision(home, view, f"prefix match {ratio:.2f}", scores)
+
+
 def _key(facts: RequestFacts) -> int | str:
     # The caller passes the same facts object from pick to complete; the request id when set.
     return facts.request_id or id(facts)
 
 
 register_policy(CostModel.name, CostModel)
+register_policy(AffinityCost.name, AffinityCost)
