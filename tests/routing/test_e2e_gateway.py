@@ -47,6 +47,7 @@ def _config(engines: EngineFleet, mode: str) -> Any:
             "scraper.interval_s": 0.05,
             "logging.requests": False,
             "routing.policy": "cost_model",
+            "admission.enabled": False,  # routing is under test, not admission
             "routing.prefix_index.mode": mode,
             "endpoints": endpoints,
         },
@@ -92,9 +93,33 @@ async def _conversations_return_home(url: str, tag: str) -> None:
             assert cached >= 700, f"conversation {i}: engine reported {cached} cached tokens"
 
 
+async def _load_returns_to_zero(server: GatewayServer) -> None:
+    """Streamed, non-streamed and cancelled requests all give back the load they took,
+    including the uncached prefill the cost model counted (``Decision.prefill_tokens``)."""
+    body = {"model": MODEL, "messages": _first_turn(99, "load"), "max_tokens": 30}
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        async with client.stream(
+            "POST", "/v1/chat/completions", json={**body, "stream": True}
+        ) as reply:
+            async for _ in reply.aiter_bytes():
+                pass
+        async with client.stream(
+            "POST", "/v1/chat/completions", json={**body, "stream": True, "max_tokens": 400}
+        ) as reply:
+            async for _ in reply.aiter_bytes():
+                break  # the client goes away mid-stream
+    states = server.gateway.fleet.states
+    for _ in range(200):
+        if all(s.in_flight == 0 and s.in_flight_prefill_tokens == 0 for s in states):
+            break
+        await asyncio.sleep(0.02)
+    assert [(s.in_flight, s.in_flight_prefill_tokens) for s in states] == [(0, 0)] * len(states)
+
+
 async def test_approximate_mode_sends_the_next_turn_home(engines: EngineFleet) -> None:
     with GatewayServer(_config(engines, "approximate")) as server:
         await _conversations_return_home(server.url, "approx")
+        await _load_returns_to_zero(server)
 
 
 async def test_precise_mode_mirrors_the_engines_kv_events(engines: EngineFleet) -> None:
