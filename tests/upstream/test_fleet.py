@@ -54,10 +54,12 @@ def test_backoff_doubles_up_to_the_maximum_and_only_a_probe_readmits() -> None:
     assert a.available(clock.now) and a.consecutive_failures == 0
 
 
-def test_candidates_follow_declared_and_discovered_models() -> None:
+def test_discovered_models_replace_the_endpoint_unless_the_config_pinned_them() -> None:
     fleet = make_fleet(Clock())
-    assert [s.id for s in fleet.candidates("m")] == ["a", "b"]  # a declares nothing yet
-    fleet.set_served_models(fleet.by_id["a"], ["other"])
-    assert [s.id for s in fleet.candidates("m")] == ["b"]
-    fleet.set_served_models(fleet.by_id["b"], ["ignored"])  # pinned by config
-    assert fleet.by_id["b"].endpoint.models == frozenset({"m"})
+    a, b = fleet.by_id["a"], fleet.by_id["b"]
+    assert a.endpoint.serves("m")  # declares nothing yet: serves anything
+    fleet.set_served_models(a, ["other"])
+    assert not a.endpoint.serves("m") and a.endpoint.serves("other")
+    assert fleet.generation == 1 and fleet.served_models() == {"m", "other"}
+    fleet.set_served_models(b, ["ignored"])  # pinned by config
+    assert b.endpoint.models == frozenset({"m"}) and fleet.generation == 1

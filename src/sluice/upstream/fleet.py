@@ -52,19 +52,10 @@ class Fleet:
         self._clock = clock
         self._on_eject = on_eject
         self._ejections: dict[str, int] = {s.id: 0 for s in self.states}
-        self._candidates: dict[str, list[EndpointState]] = {}
         # Bumped whenever the set of served models changes (caches key on it).
         self.generation = 0
 
     # -- models ------------------------------------------------------------------------------
-
-    def candidates(self, model: str) -> list[EndpointState]:
-        """Endpoints that serve ``model`` (health is the policy's filter). Cached per model."""
-        found = self._candidates.get(model)
-        if found is None:
-            found = [s for s in self.states if s.endpoint.serves(model)]
-            self._candidates[model] = found
-        return found
 
     def served_models(self) -> set[str]:
         return {m for s in self.states for m in s.endpoint.models}
@@ -76,7 +67,6 @@ class Fleet:
         learned = frozenset(models)
         if learned != state.endpoint.models:
             state.endpoint = dataclasses.replace(state.endpoint, models=learned)
-            self._candidates.clear()
             self.generation += 1
 
     # -- health ------------------------------------------------------------------------------
