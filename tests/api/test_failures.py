@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
@@ -236,3 +237,28 @@ async def test_idle_read_timeout_mid_stream_ends_the_stream_with_an_error_event(
             await asyncio.sleep(0.01)
         assert doubles[0].disconnects == 1
         assert gw.fleet.states[0].in_flight == 0
+
+
+async def test_load_accounting_balances_under_concurrent_mixed_outcomes(
+    doubles: list[EngineDouble],
+) -> None:
+    """Success, retried 503s, mid-stream deaths and client cancellations, all at once."""
+    doubles[0].mode = "die_mid_stream"
+    doubles[1].chunk_delay = 0.01
+    config = gateway_config([d.url for d in doubles], **{"health.failures_to_eject": 1000})
+    async with running_gateway(config) as (url, gw), httpx.AsyncClient() as client:
+
+        async def one(i: int) -> None:
+            body = {**CHAT, "stream": i % 2 == 0}
+            # A client that gives up (timeout): the gateway cancels its upstream request.
+            with contextlib.suppress(httpx.TimeoutException):
+                await client.post(url + "/v1/chat/completions", json=body, timeout=0.02 + i * 0.002)
+
+        await asyncio.gather(*(one(i) for i in range(40)))
+        for _ in range(100):
+            if gw.metrics.in_flight == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert gw.metrics.in_flight == 0
+        for state in gw.fleet.states:
+            assert state.in_flight == 0 and state.in_flight_prefill_tokens == 0
