@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sluice.bench.cluster import simulate
 from sluice.bench.metrics import RequestRecord, Summary, summarize
-from sluice.bench.procs import free_port, gateway_command, stop, wait_ready
+from sluice.bench.procs import free_port, gateway_command, probe_models, stop, wait_ready
 from sluice.bench.runner import HttpOptions, HttpRunResult, run_http
 from sluice.bench.workloads.base import WorkloadRequest
 from sluice.sim.launch import start_engines
@@ -57,7 +57,7 @@ def run_crosscheck(
             gateway_command(port, policy, fleet.urls), stdout=log, stderr=subprocess.STDOUT
         )
         try:
-            error = wait_ready(base, proc, MODEL, 60.0)
+            error = wait_ready(base, proc, MODEL, 60.0, check=probe_models)
             if error:
                 raise RuntimeError(f"gateway not ready: {error}")
             opts = HttpOptions(base_url=base, model=MODEL, time_scale=time_scale,

@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def free_port() -> int:
@@ -38,14 +38,31 @@ def probe(base: str, model: str) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
-def wait_ready(base: str, proc: subprocess.Popen, model: str, timeout: float) -> str | None:
-    """Poll until a completion goes through; None when ready, else why not."""
+def probe_models(base: str, model: str) -> str | None:
+    """``GET /v1/models`` lists ``model``: ready without sending a request through routing
+    (a probe completion would advance a round robin and skew a like-for-like comparison)."""
+    try:
+        with urllib.request.urlopen(base + "/v1/models", timeout=10) as resp:
+            ids = [m.get("id") for m in json.loads(resp.read()).get("data", [])]
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None if model in ids else f"model {model!r} not listed yet: {ids}"
+
+
+def wait_ready(
+    base: str,
+    proc: subprocess.Popen,
+    model: str,
+    timeout: float,
+    check: Callable[[str, str], str | None] = probe,
+) -> str | None:
+    """Poll ``check`` (default: one completion) until it passes; None when ready, else why not."""
     deadline = time.monotonic() + timeout
     last = "not probed"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return f"exited with code {proc.returncode}"
-        error = probe(base, model)
+        error = check(base, model)
         if error is None:
             return None
         last = error
