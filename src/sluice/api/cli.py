@@ -14,9 +14,13 @@ from sluice.config import ConfigError, SluiceConfig, load_config
 
 
 def up(
-    port: Annotated[int, typer.Option(help="Gateway port (0: a free one)")] = 8080,
+    port: Annotated[
+        int | None, typer.Option(help="Gateway port (0: a free one) [default: 8080]")
+    ] = None,
     engines: Annotated[int, typer.Option(min=1, help="Simulated engines to start")] = 4,
-    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    host: Annotated[
+        str | None, typer.Option(help="Interface to listen on [default: 127.0.0.1]")
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="Optional YAML for everything else (routing, limits...)")
     ] = None,
@@ -33,7 +37,12 @@ def up(
     from sluice.sim.launch import start_engines
     from sluice.telemetry.logs import configure_logging
 
-    overrides: dict[str, Any] = {"server.host": host, "server.port": port}
+    # Unset options leave the config file and SLUICE_HOST/SLUICE_PORT in charge.
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["server.host"] = host
+    if port is not None:
+        overrides["server.port"] = port
     if quiet:
         overrides["logging.requests"] = False
     if not auth:
@@ -51,7 +60,8 @@ def up(
         try:
             server = GatewayServer(cfg)
         except OSError as exc:
-            _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+            where = f"{cfg.server.host}:{cfg.server.port}"
+            _fail(f"cannot listen on {where}: {exc.strerror or exc}")
         server.start()
         try:
             served = sorted(server.gateway.fleet.served_models()) or ["<model>"]
