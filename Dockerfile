@@ -2,7 +2,7 @@
 # Sluice gateway image: build the wheel in one stage, run it as a non-root user in a slim one.
 #   docker build -t sluice .
 #   docker run -p 8080:8080 -v $PWD/sluice.yaml:/etc/sluice/sluice.yaml:ro sluice
-#   docker run -p 8080:8080 sluice up --host 0.0.0.0        # embedded simulated engines
+#   docker run -p 8080:8080 sluice up                       # embedded simulated engines
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
