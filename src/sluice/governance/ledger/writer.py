@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sluice.governance.ledger import journal
@@ -33,9 +33,10 @@ from sluice.governance.ledger.metrics import (
     WRITTEN,
 )
 from sluice.governance.ledger.record import AuditRecord
-from sluice.governance.ledger.schema import audit_log
+from sluice.governance.ledger.schema import COLUMNS
 
 log = structlog.get_logger("sluice.governance.ledger")
+_JSON = frozenset({"sampling", "guardrails"})
 
 
 class AuditWriter:
@@ -64,6 +65,7 @@ class AuditWriter:
         self._db_ok = True
         self._next_replay = 0.0
         self._closing = False
+        self._insert_sql: str | None = None
 
     # -- request path -------------------------------------------------------------------------
 
@@ -186,14 +188,34 @@ class AuditWriter:
         return total
 
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
+        """One transaction; plain DBAPI ``executemany`` (SQLAlchemy's per-row parameter
+        processing costs more than the insert itself); duplicate request ids are skipped."""
         if not rows:
             return
-        dialect = self._engine.dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        stmt = insert(audit_log).on_conflict_do_nothing(index_elements=["request_id"])
+        sql = self._sql()
+        params = [
+            tuple(
+                orjson.dumps(value).decode() if name in _JSON and value is not None else value
+                for name, value in ((c, row.get(c)) for c in COLUMNS)
+            )
+            for row in rows
+        ]
         async with self._engine.begin() as conn:
-            for i in range(0, len(rows), self._batch_size):
-                await conn.execute(stmt, rows[i : i + self._batch_size])
+            for i in range(0, len(params), self._batch_size):
+                await conn.exec_driver_sql(sql, params[i : i + self._batch_size])
+
+    def _sql(self) -> str:
+        if self._insert_sql is None:
+            style = self._engine.dialect.paramstyle
+            marks = [f"${i + 1}" if style == "numeric_dollar" else "?" for i in range(len(COLUMNS))]
+            if style not in ("numeric_dollar", "qmark"):
+                raise RuntimeError(f"unsupported DBAPI paramstyle {style!r}")
+            cols = ", ".join(f'"{c}"' for c in COLUMNS)
+            self._insert_sql = (
+                f"INSERT INTO audit_log ({cols}) VALUES ({', '.join(marks)}) "
+                "ON CONFLICT (request_id) DO NOTHING"
+            )
+        return self._insert_sql
 
     def _db_failed(self, exc: BaseException) -> None:
         self._next_replay = time.monotonic() + self._replay_interval
