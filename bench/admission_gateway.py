@@ -98,6 +98,17 @@ def gateway_yaml(root: Path, port: int, upstream: int, mode: str, redis: str) ->
     if mode == "bare":
         config["admission"] = {"enabled": False}
         config["governance"]["ledger"]["enabled"] = False
+    if mode == "auth":  # keys only: no limits, no queue, no ledger
+        config["admission"].update(limits={"enabled": False}, queue={"enabled": False})
+        config["governance"]["ledger"]["enabled"] = False
+    if mode == "limits":  # keys and in-process limits
+        config["admission"]["queue"] = {"enabled": False}
+        config["governance"]["ledger"]["enabled"] = False
+    if mode == "queue":  # keys and the priority queue gate
+        config["admission"]["limits"] = {"enabled": False}
+        config["governance"]["ledger"]["enabled"] = False
+    if mode == "ledger":  # audit ledger only
+        config["admission"] = {"enabled": False}
     if mode == "redis":
         config["admission"]["limits"].update(
             backend="redis", redis_url=redis, redis_prefix=f"bench:{port}"
@@ -110,6 +121,7 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    ap.add_argument("--parts", action="store_true", help="also auth alone and ledger alone")
     args = ap.parse_args()
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -144,7 +156,10 @@ def main() -> None:
             args.connections,
             args.duration,
         )
-        for mode in ("bare", "governed", "redis"):
+        modes = ["bare", "governed", "redis"] + (
+            ["auth", "limits", "queue", "ledger"] if args.parts else []
+        )
+        for mode in modes:
             port = free_port()
             cfg = root / f"{mode}.json"
             cfg.write_bytes(orjson.dumps(gateway_yaml(root, port, json_port, mode, args.redis)))
@@ -173,20 +188,32 @@ def main() -> None:
         f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         f"wrk -t1 -c{args.connections} -d{args.duration}s, JSON chat completion\n"
     )
-    print("| configuration | req/s | % of bare | p50 ms | p99 ms | gw CPU µs/req | non-2xx |")
-    print("|---|---|---|---|---|---|---|")
-    for mode, label in (
-        ("direct", "nginx direct (no gateway)"),
-        ("bare", "gateway, bare"),
-        ("governed", "gateway, auth + limits (in-process) + queue + ledger"),
-        ("redis", "gateway, auth + limits (Redis) + queue + ledger"),
-    ):
+    bare_cpu = results["bare"]["cpu_us"]
+    print(
+        "| configuration | req/s | % of bare req/s | p50 ms | p99 ms | gw CPU µs/req "
+        "| req per CPU-s, % of bare | non-2xx |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    labels = {
+        "direct": "nginx direct (no gateway)",
+        "bare": "gateway, bare",
+        "governed": "gateway, auth + limits (in-process) + queue + ledger",
+        "redis": "gateway, auth + limits (Redis) + queue + ledger",
+        "auth": "gateway, auth only",
+        "limits": "gateway, auth + limits (in-process)",
+        "queue": "gateway, auth + queue",
+        "ledger": "gateway, audit ledger only",
+    }
+    for mode, label in labels.items():
+        if mode not in results:
+            continue
         r = results[mode]
         share = "" if mode == "direct" else f"{100 * r['rps'] / bare:.0f}%"
         cpu = f"{r['cpu_us']:.0f}" if "cpu_us" in r else ""
+        per_cpu = f"{100 * bare_cpu / r['cpu_us']:.0f}%" if "cpu_us" in r else ""
         print(
             f"| {label} | {r['rps']:.0f} | {share} | {r['p50']:.2f} | {r['p99']:.2f} "
-            f"| {cpu} | {r['errors']:.0f} |"
+            f"| {cpu} | {per_cpu} | {r['errors']:.0f} |"
         )
 
 
