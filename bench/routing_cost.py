@@ -160,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     small, large = (200, 20) if args.quick else (3000, 200)
     rows = []
-    for name in ("prefix_affinity", "weighted", "cost_model"):
+    for name in ("prefix_affinity", "weighted", "cost_model", "affinity_cost"):
         rows.append(measure(4096, small, name))
         rows.append(measure(131_072, large, name))
     hashing = [measure_hashing(4096, small // 4), measure_hashing(131_072, max(5, large // 10))]

@@ -69,7 +69,7 @@ VARIANTS = {
     "prefix_affinity": Variant("prefix_affinity (SGLang 0.3/64/1.5)", "prefix_affinity"),
     "weighted": Variant("weighted (llm-d 3:2:2)", "weighted"),
     "cost_model": Variant("cost_model", "cost_model"),
-    "affinity_cost": Variant("affinity_cost", "affinity_cost"),
+    "affinity_cost": Variant("affinity_cost (default)", "affinity_cost"),
     "affinity_cost_precise": Variant(
         "affinity_cost, precise (KV events)", "affinity_cost", "precise"
     ),

@@ -46,7 +46,7 @@ def _config(engines: EngineFleet, mode: str) -> Any:
             "health.probe_interval_s": 0.05,
             "scraper.interval_s": 0.05,
             "logging.requests": False,
-            "routing.policy": "cost_model",
+            "routing.policy": "affinity_cost",  # the default
             "admission.enabled": False,  # routing is under test, not admission
             "routing.prefix_index.mode": mode,
             "endpoints": endpoints,

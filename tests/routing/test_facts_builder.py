@@ -95,7 +95,7 @@ def test_adapter_session_kind_and_version_come_from_the_request() -> None:
 def test_build_routing_keeps_block_units_consistent() -> None:
     facts, router, index = build_routing(RoutingConfig())
     assert index is not None and index.tokens_per_block == facts.tokens_per_block == 16
-    assert router.policy.name == "cost_model"
+    assert router.policy.name == "affinity_cost"
     tok = WordTokenizer()
     cfg = RoutingConfig.model_validate(
         {"prefix_index": {"mode": "precise", "block_size": 32}, "policy": "prefix_affinity"}

@@ -2,7 +2,8 @@
 
 ```yaml
 routing:
-  policy: cost_model          # round_robin | least_load | prefix_affinity | weighted | cost_model
+  policy: affinity_cost       # round_robin | least_load | prefix_affinity | weighted |
+                              # cost_model | affinity_cost
   options: {}                 # keyword options of that policy (e.g. cache_threshold: 0.3)
   prefix_index:
     mode: approximate         # approximate (learn from decisions) | precise (KV events) | off
@@ -39,7 +40,7 @@ from sluice.routing.router import Router
 from sluice.routing.versions import ModelVersion, VersionMap
 
 # The default policy: the one that won the quality benchmark (bench/results/routing.md).
-DEFAULT_POLICY = "cost_model"
+DEFAULT_POLICY = "affinity_cost"
 
 
 class _Section(BaseModel):

@@ -174,9 +174,12 @@ class AffinityCost(CostModel):
         max_waiting: int = 10,
         balance_abs: int = 64,
         balance_rel: float = 1.5,
+        load_penalty: float = 0.5,
         **cost_options: float,
     ) -> None:
-        super().__init__(index, learn, **cost_options)
+        # load_penalty 0.5 s per outstanding request: the setting the quality benchmark ran
+        # (bench/results/routing.md); misses then also respect memory-bound queues.
+        super().__init__(index, learn, load_penalty=load_penalty, **cost_options)
         self.cache_threshold = cache_threshold
         self.kv_saturation = kv_saturation
         self.max_waiting = max_waiting
