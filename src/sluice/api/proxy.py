@@ -15,7 +15,6 @@ import math
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 
 from sluice.api.context import OK, UPSTREAM_ERROR, RequestContext
@@ -23,7 +22,7 @@ from sluice.api.errors import ApiError, sse_error_event
 from sluice.api.gateway import Gateway
 from sluice.routing import Decision, EndpointState, NoEndpointError
 from sluice.routing.pools import PoolFullError
-from sluice.upstream.client import TRANSPORT_ERRORS, UpstreamError, failure_reason
+from sluice.upstream.client import UpstreamError, UpstreamResponse
 from sluice.upstream.sse import StreamTap
 
 Send = Any  # ASGI send callable
@@ -90,13 +89,13 @@ async def _attempt(gw: Gateway, ctx: RequestContext, decision: Decision, send: S
     state.begin(prefill)
     gw.policy.on_dispatch(facts, state, gw.clock())
     ok = False
-    response: aiohttp.ClientResponse | None = None
+    response: UpstreamResponse | None = None
     try:
         if decision.load_adapter:
             await _load_adapter(gw, state, decision.load_adapter)
         body = ctx.upstream_body(decision.upstream_model)
         try:
-            response = await gw.client.post(state.endpoint.url + ctx.path, body, ctx.request_id)
+            response = await gw.client.post(state.endpoint.url, ctx.path, body, ctx.request_id)
         except UpstreamError as exc:
             gw.fleet.record_failure(state)
             raise _Retryable(exc.reason, f"{state.id}: {exc}") from None
@@ -124,15 +123,15 @@ async def _whole(
     gw: Gateway,
     ctx: RequestContext,
     state: EndpointState,
-    response: aiohttp.ClientResponse,
+    response: UpstreamResponse,
     send: Send,
 ) -> None:
     """A non-streamed answer (or any non-200 answer): read it whole, pass it through."""
     try:
         data = await response.read()
-    except TRANSPORT_ERRORS as exc:
+    except UpstreamError as exc:
         gw.fleet.record_failure(state)
-        raise _Retryable(failure_reason(exc), f"{state.id}: {type(exc).__name__}") from None
+        raise _Retryable(exc.reason, f"{state.id}: {exc}") from None
     status = response.status
     if status >= 500:
         gw.fleet.record_failure(state)
@@ -143,8 +142,7 @@ async def _whole(
     ctx.status = status
     ctx.outcome = OK
     ctx.response_started = ctx.response_done = True
-    content_type = response.headers.get("Content-Type", "application/json").encode("latin-1")
-    headers = _headers(gw, ctx, content_type)
+    headers = _headers(gw, ctx, response.content_type or b"application/json")
     # A known length spares the client (and uvicorn) chunked framing.
     headers.append((b"content-length", str(len(data)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -155,16 +153,15 @@ async def _stream(
     gw: Gateway,
     ctx: RequestContext,
     state: EndpointState,
-    response: aiohttp.ClientResponse,
+    response: UpstreamResponse,
     send: Send,
 ) -> None:
     """Pass an SSE stream through, noting the first byte and the usage on the way."""
-    content = response.content
     try:
-        first = await content.readany()
-    except TRANSPORT_ERRORS as exc:
+        first = await response.chunk()
+    except UpstreamError as exc:
         gw.fleet.record_failure(state)
-        raise _Retryable(failure_reason(exc), f"{state.id}: {type(exc).__name__}") from None
+        raise _Retryable(exc.reason, f"{state.id}: {exc}") from None
     if not first:
         gw.fleet.record_failure(state)
         raise _Retryable("empty", f"{state.id}: stream ended before its first byte")
@@ -183,30 +180,25 @@ async def _stream(
     tap = StreamTap(strip_usage=not ctx.client_wants_usage)
     ctx.status = 200
     ctx.response_started = True
-    content_type = response.headers.get("Content-Type", "text/event-stream").encode("latin-1")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": _headers(gw, ctx, content_type) + _SSE_HEADERS,
-        }
-    )
+    headers = _headers(gw, ctx, response.content_type or b"text/event-stream")
+    headers.extend(_SSE_HEADERS)
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     out = tap.feed(first)
     if out:
         await send({"type": "http.response.body", "body": out, "more_body": True})
     try:
         while True:
-            chunk = await content.readany()
+            chunk = await response.chunk()
             if not chunk:
                 break
             out = tap.feed(chunk)
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
-    except TRANSPORT_ERRORS as exc:
+    except UpstreamError as exc:
         # After the first byte: never retry. Tell the client in-band, then close.
         gw.fleet.record_failure(state)
         ctx.outcome = UPSTREAM_ERROR
-        ctx.error = f"{state.id}: stream failed after the first byte ({failure_reason(exc)})"
+        ctx.error = f"{state.id}: stream failed after the first byte ({exc.reason})"
         if tap.usage is not None:
             ctx.usage.update(tap.usage)
         ctx.response_done = True

@@ -1,7 +1,9 @@
-"""The engine client: one aiohttp session, keep-alive connections pooled per endpoint.
+"""The engine client: the lean HTTP/1.1 client (``upstream.lean``) for completions, the hot
+path; an aiohttp session for control traffic (probes, ``/metrics``, adapter loads).
 
-Timeouts: a connect timeout, and an idle-read timeout (longest silence between two reads). No
-overall timeout, so a long stream is never cut while it is making progress.
+Both pool keep-alive connections per endpoint. Timeouts: a connect timeout, and an idle-read
+timeout (longest silence between two reads). No overall timeout on completions, so a long stream
+is never cut while it is making progress.
 """
 
 from __future__ import annotations
@@ -11,21 +13,17 @@ import asyncio
 import aiohttp
 
 from sluice.config import UpstreamConfig
+from sluice.upstream.lean import LeanClient, UpstreamError, UpstreamResponse
 
+__all__ = ["TRANSPORT_ERRORS", "EngineClient", "UpstreamError", "UpstreamResponse"]
 
-class UpstreamError(Exception):
-    """The engine could not be reached, or the connection failed; ``reason`` is a metric label."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
-# Transport failures, mapped to a short reason for metrics and logs.
+# aiohttp transport failures, mapped to a short reason for metrics and logs.
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
 def failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, UpstreamError):
+        return exc.reason
     if isinstance(exc, asyncio.TimeoutError):
         return "timeout"
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -41,6 +39,7 @@ class EngineClient:
     def __init__(self, config: UpstreamConfig) -> None:
         self._config = config
         self._session: aiohttp.ClientSession | None = None
+        self._lean: LeanClient | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -50,6 +49,12 @@ class EngineClient:
 
     async def start(self) -> None:
         cfg = self._config
+        self._lean = LeanClient(
+            limit_per_endpoint=cfg.max_connections_per_endpoint,
+            connect_timeout=cfg.connect_timeout_s,
+            read_timeout=cfg.idle_read_timeout_s,
+            keepalive=cfg.keepalive_timeout_s,
+        )
         connector = aiohttp.TCPConnector(
             limit=0,
             limit_per_host=cfg.max_connections_per_endpoint,
@@ -66,20 +71,19 @@ class EngineClient:
         )
 
     async def close(self) -> None:
+        if self._lean is not None:
+            self._lean.close()
+            self._lean = None
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    async def post(self, url: str, body: bytes, request_id: str) -> aiohttp.ClientResponse:
-        """Send the request; returns once the engine's status and headers are in."""
-        try:
-            return await self.session.post(
-                url,
-                data=body,
-                headers={"Content-Type": "application/json", "X-Request-Id": request_id},
-            )
-        except TRANSPORT_ERRORS as exc:
-            raise UpstreamError(failure_reason(exc), f"{type(exc).__name__}: {exc}") from None
+    async def post(self, base: str, path: str, body: bytes, request_id: str) -> UpstreamResponse:
+        """Send a completion request to ``base + path``; returns once the engine's status and
+        headers are in. Raises ``UpstreamError``; the response's ``read``/``chunk`` do too."""
+        if self._lean is None:
+            raise RuntimeError("EngineClient.start() was not awaited")
+        return await self._lean.post(base, path, body, request_id)
 
     async def post_small(self, url: str, body: bytes, timeout: float) -> tuple[int, bytes]:
         """A short control POST (loading an adapter); raises UpstreamError on failure."""
