@@ -11,7 +11,7 @@ from sluice.admission.limits.buckets import Kind, Plan, RateBucket, SlotBucket
 from sluice.admission.principal import Principal
 
 _Limits = tuple[int | None, int | None, int | None]  # rpm, tpm, concurrency
-_Template = tuple[tuple[tuple[str, Kind, int], ...], tuple[SlotBucket, ...]]
+_Template = tuple[tuple[tuple[str, Kind, int], ...], tuple[SlotBucket, ...], Plan | None]
 
 
 def estimate_tokens(prompt_tokens: int, max_tokens: int | None, default_max_tokens: int) -> int:
@@ -36,7 +36,9 @@ class Planner:
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()
             template = self._cache[(principal, model)] = self._template(principal, model)
-        rates, slots = template
+        rates, slots, fixed = template
+        if fixed is not None:  # no token buckets: the plan does not depend on the estimate
+            return fixed
         period = self.config.period_s
         return Plan(
             tuple(
@@ -78,7 +80,14 @@ class Planner:
                 rates.append((f"{scope}:tokens", Kind.TOKENS, tpm))
             if concurrency is not None:
                 slots.append(SlotBucket(f"{scope}:concurrency", concurrency))
-        return tuple(rates), tuple(slots)
+        fixed = None
+        if not any(kind is Kind.TOKENS for _, kind, _ in rates):
+            period = cfg.period_s
+            fixed = Plan(
+                tuple(RateBucket(name, kind, limit, period, 1) for name, kind, limit in rates),
+                tuple(slots),
+            )
+        return tuple(rates), tuple(slots), fixed
 
 
 def build_plan(

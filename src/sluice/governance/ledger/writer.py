@@ -36,7 +36,7 @@ from sluice.governance.ledger.record import AuditRecord
 from sluice.governance.ledger.schema import COLUMNS
 
 log = structlog.get_logger("sluice.governance.ledger")
-_JSON = frozenset({"sampling", "guardrails"})
+_JSON_INDEXES = tuple(i for i, c in enumerate(COLUMNS) if c in ("sampling", "guardrails"))
 
 
 class AuditWriter:
@@ -193,13 +193,13 @@ class AuditWriter:
         if not rows:
             return
         sql = self._sql()
-        params = [
-            tuple(
-                orjson.dumps(value).decode() if name in _JSON and value is not None else value
-                for name, value in ((c, row.get(c)) for c in COLUMNS)
-            )
-            for row in rows
-        ]
+        params = []
+        for row in rows:
+            values = [row.get(c) for c in COLUMNS]
+            for i in _JSON_INDEXES:
+                if values[i] is not None:
+                    values[i] = orjson.dumps(values[i]).decode()
+            params.append(tuple(values))
         async with self._engine.begin() as conn:
             for i in range(0, len(params), self._batch_size):
                 await conn.exec_driver_sql(sql, params[i : i + self._batch_size])
