@@ -20,7 +20,7 @@ from sluice.routing.config import build_index, build_policy, build_router
 from sluice.routing.kv_mirror import KvEventMirror
 from sluice.routing.prefix_index import PrefixIndex
 from sluice.routing.router import Router
-from sluice.telemetry.logs import get_logger
+from sluice.telemetry.logs import RequestLog, get_logger
 from sluice.telemetry.metrics import GatewayMetrics
 from sluice.upstream.client import EngineClient
 from sluice.upstream.fleet import Fleet, endpoints_from_config
@@ -70,7 +70,8 @@ class Gateway:
         self.scraper = MetricsScraper(
             self.client, self.fleet.states, config.scraper.interval_s, config.scraper.timeout_s
         )
-        self.request_log = get_logger("sluice.request")
+        # The per-request line is on the hot path: a lean writer, flushed again on shutdown.
+        self.request_log = RequestLog()
         self.log = get_logger("sluice.gateway")
         self._tasks: list[asyncio.Task[None]] = []
         self._known: dict[str, bool] = {}
@@ -125,6 +126,7 @@ class Gateway:
             except Exception:
                 self.log.exception("shutdown_hook_failed")
         await self.client.close()
+        self.request_log.flush()
 
     def known_model(self, model: str) -> bool:
         """Configured, versioned, served by an engine, or possibly served (an engine whose
