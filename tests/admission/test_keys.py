@@ -86,3 +86,36 @@ async def test_revocation_takes_effect_after_the_cache_ttl(
     await auth.authenticate(f"Bearer {plaintext}")  # still cached
     clock.advance(5.1)
     await _reject(auth, f"Bearer {plaintext}")
+
+
+async def test_every_401_path_does_the_same_hashing_work(
+    sqlite_engine: AsyncEngine, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Equal work, hence equal timing: one store lookup and one HMAC verify on every path."""
+    store = KeyStore(sqlite_engine)
+    auth = Authenticator(store, cache_ttl=0.0, clock=clock)
+    _, good = await store.create(tenant="t", user="u")
+    _, expired = await store.create(tenant="t", user="u", expires_at=clock.now - 1)
+    revoked_record, revoked = await store.create(tenant="t", user="u")
+    await store.revoke(revoked_record.key_id)
+    calls: list[str] = []
+    real_verify = keys.verify
+    real_get = store.get
+
+    def verify(salt: bytes, stored: bytes, secret: str) -> bool:
+        calls.append("hmac")
+        return real_verify(salt, stored, secret)
+
+    async def get(key_id: str) -> object:
+        calls.append("lookup")
+        return await real_get(key_id)
+
+    monkeypatch.setattr(keys, "verify", verify)
+    monkeypatch.setattr(store, "get", get)
+    wrong = good[:-1] + ("B" if good[-1] != "B" else "C")
+    unknown = f"sk-sluice-0123456789ab-{'a' * 43}"
+    for token in (wrong, unknown, expired, revoked):
+        calls.clear()
+        with pytest.raises(AuthError):
+            await auth.authenticate(f"Bearer {token}")
+        assert calls == ["lookup", "hmac"], token
