@@ -15,6 +15,8 @@ import orjson
 from sluice.routing import Decision, EndpointState, RequestFacts
 
 _INCLUDE_USAGE = b',"stream_options":{"include_usage":true}}'
+# Header name -> its lower-cased bytes key in ``RequestContext.headers`` (encoded once).
+_HEADER_KEYS: dict[str, bytes] = {}
 
 
 @dataclass(slots=True)
@@ -82,7 +84,12 @@ class RequestContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def header(self, name: str) -> str | None:
-        value = self.headers.get(name.lower().encode("latin-1"))
+        key = _HEADER_KEYS.get(name)
+        if key is None:
+            key = name.lower().encode("latin-1")
+            if len(_HEADER_KEYS) < 256:  # names come from code and config, but stay bounded
+                _HEADER_KEYS[name] = key
+        value = self.headers.get(key)
         return None if value is None else value.decode("latin-1")
 
     @property

@@ -184,16 +184,14 @@ async def _stream(
     headers.extend(_SSE_HEADERS)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     out = tap.feed(first)
-    if out:
-        await send({"type": "http.response.body", "body": out, "more_body": True})
     try:
-        while True:
-            chunk = await response.chunk()
-            if not chunk:
-                break
-            out = tap.feed(chunk)
+        # What arrived is sent before waiting for more; once the engine has sent everything,
+        # the rest goes out with the final message (one write fewer for short answers).
+        while not response.finished:
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
+            chunk = await response.chunk()
+            out = tap.feed(chunk) if chunk else b""
     except UpstreamError as exc:
         # After the first byte: never retry. Tell the client in-band, then close.
         gw.fleet.record_failure(state)
@@ -210,7 +208,7 @@ async def _stream(
     if tap.usage is not None:
         ctx.usage.update(tap.usage)
     ctx.response_done = True
-    await send({"type": "http.response.body", "body": tap.flush(), "more_body": False})
+    await send({"type": "http.response.body", "body": out + tap.flush(), "more_body": False})
 
 
 async def _load_adapter(gw: Gateway, state: EndpointState, adapter: str) -> None:

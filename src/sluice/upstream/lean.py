@@ -211,6 +211,11 @@ class UpstreamResponse:
         self.status = conn.status
         self.content_type = conn.content_type
 
+    @property
+    def finished(self) -> bool:
+        """The whole body has arrived and been taken: ``chunk`` would return b"" now."""
+        return self._conn.complete and not self._conn.chunks
+
     async def chunk(self) -> bytes:
         conn = self._conn
         while True:
