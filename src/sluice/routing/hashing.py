@@ -16,6 +16,7 @@ matches. blake2b rather than ``hash()``: Python's string hash changes from proce
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from array import array
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ def _h64(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
+@functools.lru_cache(maxsize=1024)  # one per LoRA name in practice; computed once each
 def root_hash(extra_key: str | None = None) -> int:
     """The parent of a chain's first block; ``extra_key`` partitions the cache (LoRA name)."""
     return _h64(b"sluice-root\x00" + (extra_key or "").encode())
@@ -59,14 +61,7 @@ def hash_token_blocks(
     if block_size <= 0:
         raise ValueError("block_size must be positive")
     data = token_block_bytes(token_ids)
-    step = block_size * 4
-    full = len(token_ids) // block_size
-    h = root_hash(extra_key) if parent is None else parent
-    out: list[int] = []
-    for i in range(full):
-        h = chain_block(h, data[i * step : (i + 1) * step])
-        out.append(h)
-    return out
+    return _chain(data, block_size * 4, root_hash(extra_key) if parent is None else parent)
 
 
 def hash_text_blocks(
@@ -76,9 +71,17 @@ def hash_text_blocks(
     if block_bytes <= 0:
         raise ValueError("block_bytes must be positive")
     data = text.encode("utf-8", "surrogatepass")
-    h = root_hash(extra_key)
+    return _chain(data, block_bytes, root_hash(extra_key))
+
+
+def _chain(data: bytes, step: int, h: int) -> list[int]:
+    """``chain_block`` over every full ``step``-byte slice of ``data``, inlined: it runs once
+    per request on the gateway's hot path."""
+    blake2b = hashlib.blake2b
+    from_bytes = int.from_bytes
     out: list[int] = []
-    for i in range(len(data) // block_bytes):
-        h = chain_block(h, data[i * block_bytes : (i + 1) * block_bytes])
+    for start in range(0, len(data) // step * step, step):
+        parent = (h & _MASK64).to_bytes(8, "big")
+        h = from_bytes(blake2b(parent + data[start : start + step], digest_size=8).digest(), "big")
         out.append(h)
     return out
