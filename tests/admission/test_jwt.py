@@ -90,3 +90,27 @@ async def test_authenticator_accepts_jwt_and_rejects_bad_ones_with_401(
     with pytest.raises(AuthError) as err:
         await auth.authenticate(f"Bearer {_token(private, 'k1', aud='x')}")
     assert err.value.status == 401
+
+
+async def test_jwks_from_a_url() -> None:
+    from aiohttp import web
+
+    private, jwk = _keypair("k9")
+    app = web.Application()
+
+    async def jwks(_: web.Request) -> web.Response:
+        return web.json_response({"keys": [jwk]})
+
+    app.router.add_get("/jwks.json", jwks)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        url = f"http://127.0.0.1:{port}/jwks.json"
+        verifier = JwtVerifier(JwtConfig(enabled=True, jwks_url=url, audience="sluice"))
+        await verifier.refresh_from_url()
+        assert verifier.verify(_token(private, "k9")).user == "alice"
+    finally:
+        await runner.cleanup()

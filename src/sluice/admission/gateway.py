@@ -6,8 +6,11 @@ Installed by ``sluice.api.extensions`` when ``admission.enabled`` (the default).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from redis.asyncio import Redis
 
 from sluice.admission.admission import Admission, Rejection, Ticket
@@ -36,6 +39,8 @@ from sluice.governance.db import Database, database_for
 
 if TYPE_CHECKING:
     from sluice.api.gateway import Gateway
+
+log = structlog.get_logger("sluice.admission")
 
 TICKET = "admission.ticket"
 PRINCIPAL = "admission.principal"
@@ -98,6 +103,7 @@ class AdmissionRuntime:
             )
             self.gate = QueueGate(self.saturated, limits, q.tick_s, clock=gateway.clock)
         self.redis: Redis | None = None
+        self._jwks_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         authenticator = None
@@ -106,6 +112,9 @@ class AdmissionRuntime:
             verifier = JwtVerifier(auth.jwt) if auth.jwt.enabled else None
             if verifier is not None and auth.jwt.jwks_url:
                 await verifier.refresh_from_url()
+                self._jwks_task = asyncio.create_task(
+                    self._refresh_jwks(verifier, auth.jwt.refresh_s), name="sluice-jwks"
+                )
             authenticator = Authenticator(
                 KeyStore(self.db.engine),
                 verifier,
@@ -132,7 +141,22 @@ class AdmissionRuntime:
             clock=self.gw.clock,
         )
 
+    @staticmethod
+    async def _refresh_jwks(verifier: JwtVerifier, every: float) -> None:
+        """Keys rotate at the identity provider: re-read the JWKS; keep the old set on errors."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await verifier.refresh_from_url()
+            except Exception as exc:
+                log.warning("jwks refresh failed", error=type(exc).__name__)
+
     async def stop(self) -> None:
+        if self._jwks_task is not None:
+            self._jwks_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._jwks_task
+            self._jwks_task = None
         if self.gate is not None:
             await self.gate.close()
         if self.admission.limiter is not None:
