@@ -73,8 +73,9 @@ def wrk(url: str, script: Path, connections: int, duration: int) -> WrkResult:
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = to_ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = to_ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # Anchored: "92.50%" in the +/- Stdev column must not read as the 50th percentile.
+    p50 = to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     errors = 0
     for pattern in (r"Non-2xx or 3xx responses: (\d+)", r"Socket errors: .*?(\d+) timeout"):
         found = re.search(pattern, out)
@@ -176,8 +177,8 @@ def main() -> None:
         f"  - {{url: 'http://127.0.0.1:{json_port}', id: json, models: [bench-json]}}\n"
         f"  - {{url: 'http://127.0.0.1:{sse_port}', id: sse, models: [bench-sse]}}\n"
     )
-    # The gateway commands alone (``sluice serve`` also imports every other subcommand).
-    sluice = [str(REPO / ".venv" / "bin" / "python"), "-m", "sluice.api.cli", "serve"]
+    # ``sluice serve`` as users run it (the CLI imports only the invoked command's module).
+    sluice = [str(REPO / ".venv" / "bin" / "python"), "-m", "sluice.cli", "serve"]
     gateway = subprocess.Popen(
         [*NICE, "taskset", "-c", "0", *sluice, "--config", str(root / "gateway.yaml")],
         stdout=subprocess.DEVNULL,
