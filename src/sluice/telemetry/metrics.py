@@ -1,18 +1,29 @@
 """Gateway metrics on their own Prometheus registry (names documented in docs/metrics.md).
 
-Per-request series are label children cached in dicts, so the hot path does one dict lookup and
-one ``inc``/``observe`` each. Endpoint gauges (up, in-flight, ejected, engine load) are not updated
-per request at all: a collector reads the endpoint states when Prometheus scrapes.
+The per-request series (requests, latency and TTFT histograms, tokens, routing decision time) are
+plain numbers in dicts, updated with a few additions per request and turned into metric families
+only when Prometheus scrapes (``_RequestCollector``): prometheus-client's own ``Counter`` and
+``Histogram`` take a lock and walk the buckets in Python on every update (~6 µs per request for
+these series, against ~1.5 µs here). Endpoint gauges (up, in-flight, ejected, engine load) are
+not updated per request at all: a collector reads the endpoint states at scrape time. Rare events
+(retries, ejections) keep prometheus-client counters.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from sluice.routing import EndpointState
 
@@ -27,36 +38,51 @@ _DECISION_BUCKETS = (
 )  # fmt: skip
 
 
+class Hist:
+    """A histogram as plain numbers: per-bucket counts (the last is +Inf), sum and count."""
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound falls in that bound's bucket (le = "<=").
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def add_to(self, family: HistogramMetricFamily, labels: list[str]) -> None:
+        counts = list(self.counts)
+        cumulative, buckets = 0, []
+        for bound, n in zip((*self.bounds, float("inf")), counts, strict=True):
+            cumulative += n
+            buckets.append((floatToGoString(bound), float(cumulative)))
+        family.add_metric(labels, buckets, self.sum)
+
+
+class _ModelSeries:
+    __slots__ = ("cached", "completion", "e2e", "prompt", "ttft")
+
+    def __init__(self) -> None:
+        self.e2e = Hist(_LATENCY_BUCKETS)
+        self.ttft = Hist(_LATENCY_BUCKETS)
+        self.prompt = 0
+        self.completion = 0
+        self.cached = 0
+
+
 class GatewayMetrics:
     def __init__(self, endpoints: Callable[[], Sequence[EndpointState]]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         reg = self.registry
-        self.requests = Counter(
-            "sluice_requests",
-            "Requests finished, by model, endpoint and HTTP status.",
-            ["model", "endpoint", "status"],
-            registry=reg,
-        )
-        self.e2e = Histogram(
-            "sluice_request_duration_seconds",
-            "End-to-end request latency seen by the gateway.",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=reg,
-        )
-        self.ttft = Histogram(
-            "sluice_time_to_first_token_seconds",
-            "Time from request arrival to the first body byte from the engine.",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=reg,
-        )
-        self.tokens = Counter(
-            "sluice_tokens",
-            "Tokens by kind (prompt, completion, cached) as reported by the engines.",
-            ["model", "kind"],
-            registry=reg,
-        )
+        self.request_counts: dict[tuple[str, str, int], int] = {}
+        self.models: dict[str, _ModelSeries] = {}
+        self.decision = Hist(_DECISION_BUCKETS)
+        reg.register(_RequestCollector(self))
         self.retries = Counter(
             "sluice_upstream_retries",
             "Attempts retried on another endpoint before the first byte, by failed endpoint.",
@@ -69,16 +95,8 @@ class GatewayMetrics:
             ["endpoint"],
             registry=reg,
         )
-        self.decision = Histogram(
-            "sluice_routing_decision_seconds",
-            "Time spent in the routing policy per pick.",
-            buckets=_DECISION_BUCKETS,
-            registry=reg,
-        )
         self.in_flight = 0
         reg.register(_StateCollector(endpoints, lambda: self.in_flight))
-        self._request_children: dict[tuple[str, str, int], Counter] = {}
-        self._model_children: dict[str, tuple[Histogram, Histogram, Counter, Counter, Counter]] = {}
 
     def observe_request(
         self,
@@ -92,34 +110,64 @@ class GatewayMetrics:
         cached: int,
     ) -> None:
         key = (model, endpoint, status)
-        counter = self._request_children.get(key)
-        if counter is None:
-            counter = self.requests.labels(model, endpoint, str(status))
-            self._request_children[key] = counter
-        counter.inc()
-        children = self._model_children.get(model)
-        if children is None:
-            children = (
-                self.e2e.labels(model),
-                self.ttft.labels(model),
-                self.tokens.labels(model, "prompt"),
-                self.tokens.labels(model, "completion"),
-                self.tokens.labels(model, "cached"),
-            )
-            self._model_children[model] = children
-        e2e_h, ttft_h, prompt_c, completion_c, cached_c = children
-        e2e_h.observe(e2e)
+        counts = self.request_counts
+        counts[key] = counts.get(key, 0) + 1
+        series = self.models.get(model)
+        if series is None:
+            series = self.models[model] = _ModelSeries()
+        series.e2e.observe(e2e)
         if ttft is not None:
-            ttft_h.observe(ttft)
-        if prompt:
-            prompt_c.inc(prompt)
-        if completion:
-            completion_c.inc(completion)
-        if cached:
-            cached_c.inc(cached)
+            series.ttft.observe(ttft)
+        series.prompt += prompt
+        series.completion += completion
+        series.cached += cached
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _RequestCollector(Collector):
+    """Turns the per-request numbers into metric families at scrape time."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        m = self._m
+        requests = CounterMetricFamily(
+            "sluice_requests",
+            "Requests finished, by model, endpoint and HTTP status.",
+            labels=["model", "endpoint", "status"],
+        )
+        # list(): a consistent copy even if the event loop adds a series meanwhile.
+        for (model, endpoint, status), n in list(m.request_counts.items()):
+            requests.add_metric([model, endpoint, str(status)], float(n))
+        e2e = HistogramMetricFamily(
+            "sluice_request_duration_seconds",
+            "End-to-end request latency seen by the gateway.",
+            labels=["model"],
+        )
+        ttft = HistogramMetricFamily(
+            "sluice_time_to_first_token_seconds",
+            "Time from request arrival to the first body byte from the engine.",
+            labels=["model"],
+        )
+        tokens = CounterMetricFamily(
+            "sluice_tokens",
+            "Tokens by kind (prompt, completion, cached) as reported by the engines.",
+            labels=["model", "kind"],
+        )
+        for model, series in list(m.models.items()):
+            series.e2e.add_to(e2e, [model])
+            series.ttft.add_to(ttft, [model])
+            tokens.add_metric([model, "prompt"], float(series.prompt))
+            tokens.add_metric([model, "completion"], float(series.completion))
+            tokens.add_metric([model, "cached"], float(series.cached))
+        decision = HistogramMetricFamily(
+            "sluice_routing_decision_seconds", "Time spent in the routing policy per pick."
+        )
+        m.decision.add_to(decision, [])
+        yield from (requests, e2e, ttft, tokens, decision)
 
 
 class _StateCollector(Collector):
