@@ -11,6 +11,7 @@ success, error, retry and cancellation all balance.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Any
@@ -20,7 +21,7 @@ import orjson
 from sluice.api.context import OK, UPSTREAM_ERROR, RequestContext
 from sluice.api.errors import ApiError, sse_error_event
 from sluice.api.gateway import Gateway
-from sluice.routing import Decision, EndpointState, NoEndpointError
+from sluice.routing import Decision, EndpointState, NoEndpointError, RequestFacts
 from sluice.routing.pools import PoolFullError
 from sluice.upstream.client import UpstreamError, UpstreamResponse
 from sluice.upstream.sse import StreamTap
@@ -49,19 +50,10 @@ async def proxy(gw: Gateway, ctx: RequestContext, send: Send) -> None:
         states = gw.fleet.states
         if tried:
             states = [s for s in states if s not in tried]
-        started = time.perf_counter()
         try:
-            decision = gw.router.route(facts, states, gw.clock())
-        except PoolFullError as full:
-            raise ApiError(
-                503,
-                f"every endpoint of pool {full.pool!r} is full; retry later",
-                headers=[(b"retry-after", str(max(1, math.ceil(full.retry_after))).encode())],
-            ) from None
+            decision = await _route(gw, facts, states)
         except NoEndpointError:
             break
-        finally:
-            gw.metrics.decision.observe(time.perf_counter() - started)
         state = decision.endpoint
         ctx.decision, ctx.endpoint, ctx.attempts = decision, state, attempt + 1
         try:
@@ -79,6 +71,27 @@ async def proxy(gw: Gateway, ctx: RequestContext, send: Send) -> None:
         f"no healthy endpoint serves model {ctx.model!r}; retry later",
         headers=[(b"retry-after", str(gw.fleet.retry_after()).encode())],
     )
+
+
+async def _route(gw: Gateway, facts: RequestFacts, states: list[EndpointState]) -> Decision:
+    """Route; when the request's pool is full and its rule says "wait", hold the request and
+    route again every ``retry_after`` seconds, up to ``routing.wait_max_s``, then answer 503."""
+    deadline = gw.clock() + gw.config.routing.wait_max_s
+    while True:
+        started = time.perf_counter()
+        try:
+            return gw.router.route(facts, states, gw.clock())
+        except PoolFullError as full:
+            if gw.clock() + full.retry_after > deadline:
+                raise ApiError(
+                    503,
+                    f"every endpoint of pool {full.pool!r} is full; retry later",
+                    headers=[(b"retry-after", str(max(1, math.ceil(full.retry_after))).encode())],
+                ) from None
+            wait = full.retry_after
+        finally:
+            gw.metrics.decision.observe(time.perf_counter() - started)
+        await asyncio.sleep(wait)
 
 
 async def _attempt(gw: Gateway, ctx: RequestContext, decision: Decision, send: Send) -> None:

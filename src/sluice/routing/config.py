@@ -17,6 +17,8 @@ routing:
   prompt_classes: [{name: chat, max_tokens: 2048}, {name: long, min_tokens: 2048}]
   pools: [{prompt_class: long, pool: long-context, when_full: spill, spill_to: [default]}]
   full_when: {max_waiting: 10, kv_usage: 0.95}
+  wait_retry_after_s: 0.5     # a "wait" pool is polled this often ...
+  wait_max_s: 30              # ... for at most this long, then 503 + Retry-After
   versions: {llama: [{name: llama-v1, weight: 95}, {name: llama-v2, weight: 5}]}
   session: {enabled: false, header: x-session-id, jwt_claim: null, user_field: true,
             ttl_s: 600, max_entries: 100000}
@@ -112,6 +114,8 @@ class RoutingConfig(_Section):
     pools: list[PoolRuleConfig] = Field(default_factory=list)
     full_when: FullWhenConfig = Field(default_factory=FullWhenConfig)
     wait_retry_after_s: float = Field(0.5, gt=0)
+    # How long the gateway holds a request whose pool is full and says "wait" (0: 503 at once).
+    wait_max_s: float = Field(30.0, ge=0)
     versions: dict[str, list[VersionConfig]] = Field(default_factory=dict)
     session: SessionConfig = Field(default_factory=SessionConfig)
 
