@@ -86,7 +86,7 @@ def serve(
 
     from sluice.api.app import build_app
     from sluice.api.gateway import Gateway
-    from sluice.api.server import bind, uvicorn_config
+    from sluice.api.server import bind, settle_heap, uvicorn_config
     from sluice.telemetry.logs import configure_logging
 
     overrides: dict[str, Any] = {}
@@ -104,6 +104,7 @@ def serve(
         gateway = Gateway(cfg)
     except ValueError as exc:
         _fail(f"{config or 'configuration'}: {exc}")
+    gateway.on_startup.append(settle_heap)
     try:
         sock = bind(cfg.server.host, cfg.server.port)
     except OSError as exc:

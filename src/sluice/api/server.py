@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import threading
 from typing import Any
@@ -33,6 +34,24 @@ def uvicorn_config(app: Any, config: SluiceConfig) -> uvicorn.Config:
     )
 
 
+# Young-generation collections every this many net container allocations (CPython: 700).
+_GC_GEN0_THRESHOLD = 20_000
+
+
+async def settle_heap() -> None:
+    """A gateway startup step for long-running servers (``sluice serve``, ``sluice up``).
+
+    Everything built at startup (modules, app, config, routing tables) is collected once and
+    then frozen out of the cyclic GC, so later full collections scan only per-request objects:
+    in the gateway process a full collection of the startup heap takes ~10 ms, a latency spike
+    for every request in flight. Young collections run less often, for less CPU per request.
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(_GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket; port 0 picks a free one (tests, embedded mode)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -53,6 +72,7 @@ class GatewayServer:
 
     def __init__(self, config: SluiceConfig, gateway: Gateway | None = None) -> None:
         self.gateway = gateway or Gateway(config)
+        self.gateway.on_startup.append(settle_heap)
         self.app = build_app(self.gateway)
         self._sock = bind(config.server.host, config.server.port)
         self.port: int = self._sock.getsockname()[1]
