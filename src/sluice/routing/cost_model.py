@@ -82,7 +82,10 @@ class CostModel(CacheAwarePolicy):
         return float(c.in_flight_prefill_tokens), float(view.uncached_tokens(c.id)), slowdown
 
     def predict(self, c: EndpointState, view: CacheView, min_load: int = 0) -> float:
-        queued, uncached, slowdown = self._terms(c, view)
+        return self._predict(c, self._terms(c, view), min_load)
+
+    def _predict(self, c: EndpointState, terms: tuple[float, float, float], min_load: int) -> float:
+        queued, uncached, slowdown = terms
         work = queued + self.miss_weight * uncached
         predicted = self.overhead + work * self.seconds_per_token(c.id) * slowdown
         if c.kv_usage > self.kv_knee:
@@ -99,10 +102,12 @@ class CostModel(CacheAwarePolicy):
     ) -> Decision:
         """The candidate with the lowest predicted TTFT (ties: least loaded)."""
         min_load = min(c.load() for c in candidates)
-        predicted = {c.id: self.predict(c, view, min_load) for c in candidates}
+        # Each candidate's terms once, for the prediction and for learning (``remember``).
+        terms = {c.id: self._terms(c, view) for c in candidates}
+        predicted = {c.id: self._predict(c, terms[c.id], min_load) for c in candidates}
         best = min(predicted.values())
         chosen = least_loaded([c for c in candidates if predicted[c.id] <= best * (1 + 1e-9)])
-        self.remember(facts, candidates, view)
+        self._keep_offered(facts, terms)
         cached = view.cached_tokens(chosen.id)
         reason = f"min predicted ttft {best * 1000:.1f}ms (cached {cached}/{facts.prompt_tokens})"
         scores = {k: round(v * 1000, 2) for k, v in predicted.items()}  # milliseconds
@@ -112,7 +117,12 @@ class CostModel(CacheAwarePolicy):
         self, facts: RequestFacts, candidates: Sequence[EndpointState], view: CacheView
     ) -> None:
         """Keep each candidate's predicted work, to learn from the TTFT of the one dispatched."""
-        self._offered[_key(facts)] = {c.id: self._terms(c, view) for c in candidates}
+        self._keep_offered(facts, {c.id: self._terms(c, view) for c in candidates})
+
+    def _keep_offered(
+        self, facts: RequestFacts, terms: dict[str, tuple[float, float, float]]
+    ) -> None:
+        self._offered[_key(facts)] = terms
         if len(self._offered) > _MAX_PENDING:
             self._offered.pop(next(iter(self._offered)))
 
