@@ -130,3 +130,25 @@ def test_index_never_exceeds_its_bound_and_agrees_with_a_naive_model(
         if depth:
             expected[endpoint] = depth
     assert idx.match(probe) == expected
+
+
+class _CountingDict(dict):
+    gets = 0
+
+    def get(self, key, default=None):  # type: ignore[override]
+        _CountingDict.gets += 1
+        return super().get(key, default)
+
+
+def test_lookup_cost_is_per_prompt_block_not_per_endpoint_and_block() -> None:
+    for endpoints in (2, 64):
+        idx = PrefixIndex()
+        prompt = hash_token_blocks(list(range(16 * 100)), 16)
+        for e in range(endpoints):
+            idx.record(f"e{e}", prompt[: 50 + e % 50])
+        counting = _CountingDict(idx._holders)
+        idx._holders = counting
+        _CountingDict.gets = 0
+        depths = idx.match(prompt)
+        assert len(depths) == endpoints
+        assert _CountingDict.gets <= len(prompt)  # one lookup per block, whatever the fleet
