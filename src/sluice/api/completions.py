@@ -55,7 +55,9 @@ class CompletionsHandler:
                     watcher = asyncio.get_running_loop().create_task(
                         _watch_disconnect(receive, ctx, asyncio.current_task())
                     )
-                    await self._admit(ctx)
+                    if gw.hooks.admit:
+                        await self._admit(ctx)
+                    ctx.admitted = True
                     ctx.facts = gw.facts_builder(ctx)
                     if not gw.known_model(ctx.facts.model):
                         raise ApiError(
@@ -78,14 +80,13 @@ class CompletionsHandler:
                 watcher.cancel()
             ctx.finished_at = gw.clock()
             gw.metrics.in_flight -= 1
-        if ctx.model:
+        if ctx.model and gw.hooks.settle:
             await self._settle(ctx)
         self._record(ctx)
 
     async def _admit(self, ctx: RequestContext) -> None:
         for hook in self.gw.hooks.admit:
             await hook(ctx)
-        ctx.admitted = True
 
     async def _settle(self, ctx: RequestContext) -> None:
         for hook in self.gw.hooks.settle:
