@@ -113,25 +113,27 @@ class CompletionsHandler:
         )
         if self._log_requests:
             ttft = ctx.ttft
-            gw.request_log.info(
-                "request",
-                request_id=ctx.request_id,
-                path=ctx.path,
-                model=model,
-                stream=ctx.stream,
-                endpoint=endpoint,
-                # The routing decision: chosen endpoint, reason, every candidate's score.
-                route=None if ctx.decision is None else ctx.decision.explain(),
-                attempts=ctx.attempts,
-                status=ctx.status,
-                outcome=ctx.outcome,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                cached_tokens=usage.cached_tokens,
-                ttft_ms=None if ttft is None else round(ttft * 1000, 3),
-                e2e_ms=round(e2e * 1000, 3),
-                tenant=ctx.tenant,
-                error=ctx.error,
+            gw.request_log.line(
+                {
+                    "event": "request",
+                    "request_id": ctx.request_id,
+                    "path": ctx.path,
+                    "model": model,
+                    "stream": ctx.stream,
+                    "endpoint": endpoint,
+                    # The routing decision: chosen endpoint, reason, every candidate's score.
+                    "route": None if ctx.decision is None else ctx.decision.explain(),
+                    "attempts": ctx.attempts,
+                    "status": ctx.status,
+                    "outcome": ctx.outcome,
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "cached_tokens": usage.cached_tokens,
+                    "ttft_ms": None if ttft is None else round(ttft * 1000, 3),
+                    "e2e_ms": round(e2e * 1000, 3),
+                    "tenant": ctx.tenant,
+                    "error": ctx.error,
+                }
             )
 
 
