@@ -62,14 +62,18 @@ class RequestLog:
         self._stamp = ""
 
     def info(self, event: str, **fields: Any) -> None:
+        fields["event"] = event
+        self.line(fields)
+
+    def line(self, fields: dict[str, Any]) -> None:
+        """Write ``fields`` (with ``event``) as one info line; adds ``level`` and ``timestamp``."""
         if _SINK["level"] > logging.INFO:
             return
         stream: BinaryIO = _SINK["stream"] or sys.stdout.buffer
-        fields["event"] = event
         fields["level"] = "info"
         fields["timestamp"] = self._timestamp()
         try:
-            stream.write(orjson.dumps(fields, default=str) + b"\n")
+            stream.write(orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE))
         except (OSError, ValueError):  # a closed or broken stream must not fail the request
             return
         if not self._flush_due:
