@@ -14,14 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from sluice.api.facts import context_facts
 from sluice.api.gateway import Gateway
 from sluice.api.server import GatewayServer
 from sluice.config import load_config
-from sluice.routing.config import build_index, build_policy
-from sluice.routing.facts_builder import FactsBuilder
 from sluice.sim.launch import EngineFleet, start_engines
-from sluice.sim.tokenizer import WordTokenizer, text_of_length
+from sluice.sim.tokenizer import text_of_length
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 CONVERSATIONS = 6
@@ -33,7 +30,7 @@ def engines() -> Iterator[EngineFleet]:
         yield fleet
 
 
-def _config(engines: EngineFleet, mode: str) -> Any:
+def _config(engines: EngineFleet, mode: str, **extra: Any) -> Any:
     endpoints = [
         {"url": url, "id": f"e{i}", "labels": {"kv_events": kv}}
         for i, (url, kv) in enumerate(zip(engines.urls, engines.kv_event_endpoints, strict=True))
@@ -50,6 +47,7 @@ def _config(engines: EngineFleet, mode: str) -> Any:
             "admission.enabled": False,  # routing is under test, not admission
             "routing.prefix_index.mode": mode,
             "endpoints": endpoints,
+            **extra,
         },
     )
 
@@ -123,19 +121,20 @@ async def test_approximate_mode_sends_the_next_turn_home(engines: EngineFleet) -
 
 
 async def test_precise_mode_mirrors_the_engines_kv_events(engines: EngineFleet) -> None:
-    config = _config(engines, "precise")
-    builder = FactsBuilder(WordTokenizer().encode, block_size=16)
-    index = build_index(config.routing, exact_tokens=True)
-    gateway = Gateway(
-        config,
-        policy=build_policy(config.routing, index),
-        facts_builder=context_facts(builder),
-    )
-    assert gateway.kv_subscriber is not None
+    """Exact tokens from the engines' /tokenize, the index fed by their ZMQ KV events."""
+    config = _config(engines, "precise", **{"routing.facts.remote_tokenize": True})
+    gateway = Gateway(config)
+    assert gateway.kv_subscriber is not None and gateway.engine_tokenizer is not None
+    index = gateway.policy.index  # type: ignore[attr-defined]
     with GatewayServer(config, gateway) as server:
         await asyncio.sleep(0.3)  # let the SUB sockets join before the engines publish
         await _conversations_return_home(server.url, "precise")
         assert gateway.kv_subscriber.stats.events > 0
+        assert gateway.kv_subscriber.stats.gaps == 0
         assert index.stats().blocks > 0
+        assert gateway.engine_tokenizer.failures == 0
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            await _chat(client, _first_turn(0, "precise"), 2)  # a repeated prompt: no round trip
+        assert gateway.engine_tokenizer.builder.cache.hits == 1
         metrics = httpx.get(server.url + "/metrics").text
         assert "sluice_prefix_index_blocks" in metrics

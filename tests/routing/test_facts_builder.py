@@ -112,3 +112,19 @@ def test_build_routing_keeps_block_units_consistent() -> None:
     assert index is None
     with pytest.raises(ValueError):
         RoutingConfig.model_validate({"pools": [{"pool": "a", "when_full": "drop"}]})
+
+
+def test_remote_tokens_are_used_and_a_failed_tokenize_routes_without_keys() -> None:
+    builder = FactsBuilder(remote_tokens=True, block_size=16)
+    assert builder.exact and builder.tokens_per_block == 16
+    ids = list(range(100, 164))
+    facts = builder.build({"model": "m", "messages": CHAT}, token_ids=ids)
+    assert facts.prompt_tokens == 64 and list(facts.block_hashes) == hash_token_blocks(ids, 16)
+    # the engine could not tokenize: an estimate, and no text-block keys a token index can't use
+    fallback = builder.build({"model": "m", "messages": CHAT})
+    assert fallback.prompt_tokens > 1 and list(fallback.block_hashes) == []
+    cfg = RoutingConfig.model_validate(
+        {"prefix_index": {"mode": "precise"}, "facts": {"remote_tokenize": True}}
+    )
+    facts_builder, _, index = build_routing(cfg)
+    assert facts_builder.remote_tokens and index is not None and index.tokens_per_block == 16

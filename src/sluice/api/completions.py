@@ -58,6 +58,8 @@ class CompletionsHandler:
                     if gw.hooks.admit:
                         await self._admit(ctx)
                     ctx.admitted = True
+                    if gw.engine_tokenizer is not None:
+                        ctx.extra["token_ids"] = await gw.engine_tokenizer.token_ids(ctx)
                     ctx.facts = gw.facts_builder(ctx)
                     if not gw.known_model(ctx.facts.model):
                         raise ApiError(

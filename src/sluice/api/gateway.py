@@ -12,7 +12,12 @@ from collections.abc import Awaitable, Callable
 from starlette.routing import BaseRoute
 
 from sluice.api.extensions import EXTENSION_MODULES, install_extensions
-from sluice.api.facts import ContextFacts, context_facts, facts_builder_from_config
+from sluice.api.facts import (
+    ContextFacts,
+    EngineTokenizer,
+    context_facts,
+    facts_builder_from_config,
+)
 from sluice.api.hooks import Hooks
 from sluice.config import ModelConfig, SluiceConfig
 from sluice.routing import EndpointState, Policy
@@ -64,6 +69,12 @@ class Gateway:
         self.router: Router = build_router(routing, policy)
         self.facts_builder = facts_builder or context_facts(builder)
         self.client = EngineClient(config.upstream)
+        # routing.facts.remote_tokenize: exact prompt tokens from an engine's /tokenize.
+        self.engine_tokenizer: EngineTokenizer | None = None
+        if builder.remote_tokens and facts_builder is None:
+            self.engine_tokenizer = EngineTokenizer(
+                self.client, lambda: self.fleet.states, builder, self.clock
+            )
         self.hooks = hooks or Hooks()
         self.models: dict[str, ModelConfig] = {m.name: m for m in config.models}
         self.prober = HealthProber(self.client, self.fleet, config.health)

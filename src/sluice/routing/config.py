@@ -13,6 +13,7 @@ routing:
     default_capacity_blocks: 31250
   facts:
     tokenizer: null           # path to a local tokenizer.json: exact tokens and hashes
+    remote_tokenize: false    # or the engines' /tokenize (cached): exact, one round trip
     template: llama3          # chat template the engines use (llama3 | chatml)
   prompt_classes: [{name: chat, max_tokens: 2048}, {name: long, min_tokens: 2048}]
   pools: [{prompt_class: long, pool: long-context, when_full: spill, spill_to: [default]}]
@@ -62,6 +63,8 @@ class PrefixIndexConfig(_Section):
 
 class FactsConfig(_Section):
     tokenizer: str | None = None  # a local tokenizer.json
+    # Or ask an engine's /tokenize (cached by prompt); costs a round trip per new prompt.
+    remote_tokenize: bool = False
     template: Literal["llama3", "chatml"] = "llama3"
     adapter_separator: str = ":"
     kind_header: str = "x-sluice-kind"
@@ -173,6 +176,7 @@ def build_facts_builder(config: RoutingConfig, tokenize: Tokenize | None) -> Fac
         kind_header=f.kind_header,
         version_header=f.version_header,
         cache_tokens=f.cache_tokens,
+        remote_tokens=f.remote_tokenize and tokenize is None,
     )
 
 
@@ -180,10 +184,13 @@ def build_routing(
     config: RoutingConfig, tokenize: Tokenize | None = None
 ) -> tuple[FactsBuilder, Router, PrefixIndex | None]:
     """Everything the gateway needs, consistent with each other (same block unit)."""
-    if config.prefix_index.mode == "precise" and tokenize is None:
-        # KV events name token blocks; without a tokenizer no request could ever match them.
-        raise ValueError("routing.prefix_index.mode 'precise' needs routing.facts.tokenizer")
-    index = None if config.prefix_index.mode == "off" else build_index(config, tokenize is not None)
+    facts = build_facts_builder(config, tokenize)
+    if config.prefix_index.mode == "precise" and not facts.exact:
+        # KV events name token blocks; without token ids no request could ever match them.
+        raise ValueError(
+            "routing.prefix_index.mode 'precise' needs routing.facts.tokenizer or remote_tokenize"
+        )
+    index = None if config.prefix_index.mode == "off" else build_index(config, facts.exact)
     policy = build_policy(config, index)
     index = policy.index if isinstance(policy, CacheAwarePolicy) else None
-    return build_facts_builder(config, tokenize), build_router(config, policy), index
+    return facts, build_router(config, policy), index

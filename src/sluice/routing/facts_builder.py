@@ -1,9 +1,10 @@
 """Request body -> ``RequestFacts``: prompt tokens and prompt block hashes, once per request.
 
-Exact when a tokenizer is given (a function ``text -> token ids``: a local ``tokenizer.json``
-through ``tokenizers``, or the engine's ``/tokenize`` wrapped by the caller): tokens are cut at the
-engine's block size and hashed like the engine's prefix cache. Approximate otherwise: the UTF-8
-prompt is cut into fixed-size byte blocks and tokens are estimated at 4 bytes each.
+Exact when a tokenizer is given (a function ``text -> token ids``, e.g. a local
+``tokenizer.json`` through ``tokenizers``) or when the caller passes the token ids it got from
+the engine's ``/tokenize`` (``remote_tokens``; the I/O is the caller's, the cache is here):
+tokens are cut at the engine's block size and hashed like the engine's prefix cache. Approximate
+otherwise: the UTF-8 prompt is cut into fixed-size byte blocks, tokens estimated at 4 bytes each.
 
 The prompt is the whole rendered conversation (``routing.templates``), including the template.
 Tokenizations are cached (bounded by total tokens) so a retried or repeated prompt is free.
@@ -48,14 +49,23 @@ class _TokenCache:
         self._entries: OrderedDict[str, Sequence[int]] = OrderedDict()
 
     def get(self, text: str, tokenize: Tokenize) -> Sequence[int]:
+        ids = self.peek(text)
+        if ids is None:
+            ids = tokenize(text)
+            self.put(text, ids)
+        return ids
+
+    def peek(self, text: str) -> Sequence[int] | None:
         ids = self._entries.get(text)
-        if ids is not None:
-            self.hits += 1
-            self._entries.move_to_end(text)
-            return ids
-        self.misses += 1
-        ids = tokenize(text)
-        if len(ids) <= self.max_tokens:
+        if ids is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(text)
+        return ids
+
+    def put(self, text: str, ids: Sequence[int]) -> None:
+        if text not in self._entries and len(ids) <= self.max_tokens:
             self._entries[text] = ids
             self.tokens += len(ids)
             while self.tokens > self.max_tokens:
@@ -77,8 +87,11 @@ class FactsBuilder:
         kind_header: str = "x-sluice-kind",
         version_header: str = "x-sluice-model-version",
         cache_tokens: int = 4_000_000,
+        remote_tokens: bool = False,
     ) -> None:
         self.tokenize = tokenize
+        # Token ids come from the engine's /tokenize, passed to ``build`` by the caller.
+        self.remote_tokens = remote_tokens
         self.render = TEMPLATES[template] if isinstance(template, str) else template
         self.block_size = block_size
         self.text_block_bytes = text_block_bytes
@@ -90,7 +103,7 @@ class FactsBuilder:
 
     @property
     def exact(self) -> bool:
-        return self.tokenize is not None
+        return self.tokenize is not None or self.remote_tokens
 
     @property
     def tokens_per_block(self) -> int:
@@ -122,7 +135,9 @@ class FactsBuilder:
         request_id: str = "",
         priority: int = 0,
         tenant: str | None = None,
+        token_ids: Sequence[int] | None = None,
     ) -> RequestFacts:
+        """``token_ids``: the prompt's ids from the engine's /tokenize (remote tokens mode)."""
         raw_model = body.get("model")
         model, adapter = split_model_adapter(
             raw_model if isinstance(raw_model, str) else "", self.adapter_separator
@@ -131,12 +146,14 @@ class FactsBuilder:
         if adapter is None and isinstance(field_adapter, str) and field_adapter:
             adapter = field_adapter
         prompt = self.prompt(body)
+        tokens: Sequence[int] | None = None
         if isinstance(prompt, list):
-            tokens: Sequence[int] | None = prompt
+            tokens = prompt
+        elif token_ids is not None:
+            tokens = token_ids
         elif self.tokenize is not None:
             tokens = self.cache.get(prompt, self.tokenize)
-        else:
-            tokens = None
+        hashes: Sequence[int]
         if tokens is not None:
             prompt_tokens = len(tokens)
             hashes = hash_token_blocks(tokens, self.block_size, extra_key=adapter)
@@ -144,7 +161,13 @@ class FactsBuilder:
             assert isinstance(prompt, str)
             data_len = len(prompt.encode("utf-8", "surrogatepass"))
             prompt_tokens = data_len // APPROX_BYTES_PER_TOKEN
-            hashes = hash_text_blocks(prompt, self.text_block_bytes, extra_key=adapter)
+            # Text blocks would never match an index of token blocks: when the engine could not
+            # tokenize, route without cache information rather than with wrong keys.
+            hashes = (
+                ()
+                if self.remote_tokens
+                else hash_text_blocks(prompt, self.text_block_bytes, extra_key=adapter)
+            )
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         kind = (header(self.kind_header) or "interactive").strip().lower()
         return RequestFacts(
