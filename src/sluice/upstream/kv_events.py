@@ -220,10 +220,14 @@ class PrefixIndexCollector(Collector):
                 ("stored", m.stored),
                 ("removed", m.removed),
                 ("orphaned", m.orphaned),
-                ("cleared", m.cleared),
             ):
                 events.add_metric([kind], float(value))
             yield events
+            resets = CounterMetricFamily(
+                "sluice_kv_events_cache_resets", "AllBlocksCleared (or a forced clear) applied."
+            )
+            resets.add_metric([], float(m.cleared))
+            yield resets
         if self.subscriber is not None:
             s = self.subscriber.stats
             gaps = CounterMetricFamily("sluice_kv_events_gaps", "Sequence gaps in KV events.")
