@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from sluice.governance.ledger.schema import audit_log
@@ -136,9 +137,13 @@ async def test_admin_api_credentials_input_and_usage(tmp_path: Path) -> None:
         await engine.stop()
 
 
-async def test_cancelled_stream_releases_its_concurrency_slot_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_cancelled_stream_releases_its_concurrency_slot_at_once(
+    tmp_path: Path, backend: str, redis_prefix: str
+) -> None:
     engine = await EngineDouble(chunks=200, chunk_delay=0.02).start()
-    config = governed_config([engine.url], tmp_path)
+    limits = {"admission.limits.backend": backend, "admission.limits.redis_prefix": redis_prefix}
+    config = governed_config([engine.url], tmp_path, **limits)
     try:
         async with governed_gateway(config) as (url, _), httpx.AsyncClient() as client:
             key = (await _key(client, url, concurrency=1))["key"]
