@@ -119,3 +119,23 @@ async def test_every_401_path_does_the_same_hashing_work(
         with pytest.raises(AuthError):
             await auth.authenticate(f"Bearer {token}")
         assert calls == ["lookup", "hmac"], token
+
+
+async def test_key_store_outage_serves_cached_keys_and_503s_the_rest(
+    sqlite_engine: AsyncEngine, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = KeyStore(sqlite_engine)
+    auth = Authenticator(store, cache_ttl=5.0, stale_ttl=600.0, clock=clock)
+    _, known = await store.create(tenant="t", user="u")
+    _, other = await store.create(tenant="t", user="v")
+    await auth.authenticate(f"Bearer {known}")
+
+    async def down(key_id: str) -> None:
+        raise OSError("database unreachable")
+
+    monkeypatch.setattr(store, "get", down)
+    clock.advance(60)  # past the fresh TTL, within the stale one
+    assert (await auth.authenticate(f"Bearer {known}")).user == "u"
+    with pytest.raises(AuthError) as err:
+        await auth.authenticate(f"Bearer {other}")
+    assert err.value.status == 503

@@ -76,6 +76,11 @@ class Admission:
         try:
             return await self.authenticator.authenticate(authorization)
         except AuthError as err:
+            if err.status == 503:
+                ADMISSIONS.labels("unavailable").inc()
+                raise Rejection(
+                    503, err.message, "service_unavailable", err.code, headers=[retry_after(1)]
+                ) from None
             ADMISSIONS.labels("unauthenticated").inc()
             raise Rejection(401, err.message, "invalid_request_error", err.code) from None
 

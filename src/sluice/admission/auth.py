@@ -3,7 +3,9 @@
 Every failure (missing, malformed, unknown, wrong secret, expired, revoked) does the same work (a
 cache or store lookup and one HMAC) and returns the same 401, so timing does not tell them apart.
 Verified key records are cached briefly (``cache_ttl``, bounded LRU, also for unknown ids) so the
-hot path is one dict lookup plus one HMAC; a revocation takes effect within ``cache_ttl``.
+hot path is one dict lookup plus one HMAC; a revocation takes effect within ``cache_ttl``. While
+the key store is unreachable, cached records keep serving for up to ``stale_ttl``; keys not in
+the cache get 503, not 401.
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+import structlog
+
 from sluice.admission import keys
 from sluice.admission.jwt_auth import JwtError, JwtVerifier
 from sluice.admission.key_store import KeyRecord, KeyStore
 from sluice.admission.principal import AuthError, Principal
+
+log = structlog.get_logger("sluice.admission.auth")
 
 INVALID = "Incorrect API key provided."
 MISSING = "You didn't provide an API key. Use 'Authorization: Bearer sk-sluice-…'."
@@ -33,6 +39,7 @@ class Authenticator:
         cache_ttl: float = 5.0,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
+        stale_ttl: float = 3600.0,
     ) -> None:
         self._store = store
         self._jwt = jwt_verifier
@@ -40,6 +47,8 @@ class Authenticator:
         self._size = cache_size
         self._clock = clock
         self._cache: OrderedDict[str, tuple[KeyRecord | None, float]] = OrderedDict()
+        self._stale_ttl = stale_ttl
+        self._store_down = False
 
     @staticmethod
     def bearer(authorization: str | None) -> str | None:
@@ -83,7 +92,23 @@ class Authenticator:
         hit = self._cache.get(key_id)
         if hit is not None and now - hit[1] < self._ttl:
             return hit[0]
-        record = await self._store.get(key_id)
+        try:
+            record = await self._store.get(key_id)
+        except Exception as exc:
+            # The key store is unreachable: serve what we knew (bounded by stale_ttl), else 503.
+            if hit is not None and now - hit[1] < self._stale_ttl:
+                if not self._store_down:
+                    self._store_down = True
+                    log.warning(
+                        "key store unreachable; using cached keys", error=type(exc).__name__
+                    )
+                return hit[0]
+            raise AuthError(
+                503, "Authentication is temporarily unavailable.", "auth_unavailable"
+            ) from None
+        if self._store_down:
+            self._store_down = False
+            log.warning("key store reachable again")
         self._cache[key_id] = (record, now)
         self._cache.move_to_end(key_id)
         if len(self._cache) > self._size:
