@@ -33,7 +33,7 @@ def up(
     ] = True,
 ) -> None:
     """Start simulated engines and the gateway in front of them; Ctrl-C stops everything."""
-    from sluice.api.server import GatewayServer
+    from sluice.api.server import GatewayServer, settle_heap
     from sluice.sim.launch import start_engines
     from sluice.telemetry.logs import configure_logging
 
@@ -62,6 +62,7 @@ def up(
         except OSError as exc:
             where = f"{cfg.server.host}:{cfg.server.port}"
             _fail(f"cannot listen on {where}: {exc.strerror or exc}")
+        server.gateway.on_startup.append(settle_heap)
         server.start()
         try:
             served = sorted(server.gateway.fleet.served_models()) or ["<model>"]

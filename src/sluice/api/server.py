@@ -72,7 +72,6 @@ class GatewayServer:
 
     def __init__(self, config: SluiceConfig, gateway: Gateway | None = None) -> None:
         self.gateway = gateway or Gateway(config)
-        self.gateway.on_startup.append(settle_heap)
         self.app = build_app(self.gateway)
         self._sock = bind(config.server.host, config.server.port)
         self.port: int = self._sock.getsockname()[1]
