@@ -221,6 +221,25 @@ async def test_idle_connection_closed_by_the_engine_is_replaced() -> None:
     assert len(server.connections) == 2
 
 
+async def test_reused_connection_closed_before_answering_is_retried_on_a_new_one() -> None:
+    async def handler(conn: Conn) -> None:
+        if len(server.connections) == 1:
+            await conn.request()
+            await conn.reply()
+            await conn.request()  # the engine's idle timeout fires as this request arrives
+            return
+        await keep_answering(conn)
+
+    async with serving(handler) as server:
+        client = LeanClient()
+        for _ in range(2):
+            response = await client.post(server.url, "/v1/completions", b"{}", "r")
+            assert await response.read() == OK_BODY
+            response.release()
+        client.close()
+    assert len(server.connections) == 2
+
+
 async def test_idle_read_timeout_before_headers_and_mid_body() -> None:
     async def silent(conn: Conn) -> None:
         await conn.request()

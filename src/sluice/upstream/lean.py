@@ -52,6 +52,7 @@ class _Connection(asyncio.Protocol):
         self.lost = False
         self.counted = True  # holds one of the pool's ``limit`` slots
         self.idle_since = 0.0
+        self.reused = False  # taken from the idle list (it has served a request before)
         self._reset()
 
     def _reset(self) -> None:
@@ -299,6 +300,7 @@ class _Pool:
             while idle:
                 conn = idle.pop()
                 if not conn.lost and time.monotonic() - conn.idle_since < self.keepalive:
+                    conn.reused = True
                     return conn
                 conn.close()
             if self.open < self.limit:
@@ -391,20 +393,34 @@ class LeanClient:
         return pool
 
     async def post(self, base: str, path: str, body: bytes, request_id: str) -> UpstreamResponse:
-        """Send ``body`` to ``base + path``; returns once the status line and headers are in."""
+        """Send ``body`` to ``base + path``; returns once the status line and headers are in.
+
+        A reused keep-alive connection that the engine closed before answering a single byte
+        (its idle timeout racing our request: vLLM closes idle connections after 5 s) is
+        retried once on a new connection; any other failure is the caller's to handle.
+        """
         pool = self.pool(base)
-        conn = await pool.acquire()
-        try:
-            conn.send(
-                b"%s%s\r\nContent-Length: %d\r\n\r\n%s"
-                % (pool.head(path), request_id.encode("latin-1"), len(body), body)
-            )
-            while not conn.headers_done:
-                await conn.wait()
-        except BaseException:
-            conn.close()  # cancelled or failed before the headers: the engine must not go on
-            raise
-        return UpstreamResponse(conn)
+        request = b"%s%s\r\nContent-Length: %d\r\n\r\n%s" % (
+            pool.head(path),
+            request_id.encode("latin-1"),
+            len(body),
+            body,
+        )
+        while True:
+            conn = await pool.acquire()
+            try:
+                conn.send(request)
+                while not conn.headers_done:
+                    await conn.wait()
+            except UpstreamError as exc:
+                conn.close()
+                if conn.reused and exc.reason == "disconnected" and not conn.chunks:
+                    continue
+                raise
+            except BaseException:
+                conn.close()  # cancelled before the headers: the engine must not go on
+                raise
+            return UpstreamResponse(conn)
 
     def close(self) -> None:
         """Close idle connections (busy ones close when their responses finish)."""
