@@ -92,6 +92,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
+def load_average() -> str:
+    """1, 5 and 15 minute load averages: how busy the machine was around the run."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     status = Path(f"/proc/{pid}/status").read_text()
     rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
@@ -196,6 +201,7 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{gw_port}/ready")
         print(
             f"machine: {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+            f"; load average {load_average()}"
         )
         print(
             f"request log: {'off' if args.no_request_log else 'on (to /dev/null)'}; "
@@ -237,6 +243,7 @@ def main() -> None:
                 )
         if args.floor:
             floor_rows(root, scripts["json"], conns, args.duration)
+        print(f"\nload average at the end: {load_average()}")
     finally:
         gateway.terminate()
         gateway.wait(10)
