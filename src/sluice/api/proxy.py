@@ -249,12 +249,19 @@ def _usage_from_body(ctx: RequestContext, data: bytes) -> None:
         return
     if isinstance(usage, dict):
         ctx.usage.update(usage)
-    # The first choice's finish reason, for the audit row (governance reads ctx.extra).
+    # The first choice's finish reason (and its text, for tenants whose text is kept), for the
+    # audit row: governance sets ``store_text`` and reads both from ctx.extra.
     choices = parsed.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        reason = choices[0].get("finish_reason")
+        first = choices[0]
+        reason = first.get("finish_reason")
         if isinstance(reason, str):
             ctx.extra["finish_reason"] = reason
+        if ctx.extra.get("store_text"):
+            message = first.get("message")
+            text = message.get("content") if isinstance(message, dict) else first.get("text")
+            if isinstance(text, str):
+                ctx.extra["response_text"] = text
 
 
 def _headers(gw: Gateway, ctx: RequestContext, content_type: bytes) -> list[tuple[bytes, bytes]]:
