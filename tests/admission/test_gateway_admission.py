@@ -227,6 +227,7 @@ async def test_audit_rows_and_registry_metadata(tmp_path: Path) -> None:
     assert row["cost_usd"] == (7 * 1.0 + 3 * 2.0) / 1e6
     assert row["e2e_ms"] > 0 and row["finish_reason"] == "length"
     assert row["prompt_text"] == "user: mail me at [EMAIL]"
+    assert row["response_text"] == "xxx"  # the engine double's answer, kept for this tenant
 
 
 async def test_queue_holds_then_times_out_and_bad_priority_header(tmp_path: Path) -> None:

@@ -45,6 +45,8 @@ def install(gateway: Gateway) -> None:
     gateway.extensions_state = getattr(gateway, "extensions_state", {})  # type: ignore[attr-defined]
     gateway.extensions_state["ledger"] = ledger  # type: ignore[attr-defined]
     gateway.on_startup.append(ledger.start)
+    if cfg.store_text_tenants:
+        gateway.hooks.admit.append(ledger.mark_text)
     # First of all settle hooks: the row is journaled (a synchronous local write) in the same
     # loop step as the response's last byte, before any hook awaits I/O, so a kill -9 right after
     # a client got its answer still leaves the row on disk.
@@ -99,6 +101,11 @@ class Ledger:
         )
         await self.writer.start()
         self.db.before_stop.append(self.writer.close)
+
+    async def mark_text(self, ctx: RequestContext) -> None:
+        """Admit hook (after authentication): ask the proxy to keep this tenant's answer text."""
+        if ctx.tenant is not None and ctx.tenant in self._store_text:
+            ctx.extra["store_text"] = True
 
     async def settle(self, ctx: RequestContext) -> None:
         if self.writer is not None:
