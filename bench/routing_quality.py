@@ -28,14 +28,21 @@ from sluice.bench.cluster.engines import EngineHandle
 from sluice.bench.cluster.facts import token_block_facts
 from sluice.bench.cluster.sim import simulate
 from sluice.bench.metrics import percentile
+from sluice.bench.workloads.base import WorkloadRequest
 from sluice.bench.workloads.registry import build_workload, parse_options
 from sluice.routing import EndpointState, make_policy
-from sluice.routing.hashing import hash_token_blocks
+from sluice.routing.facts import RequestFacts
+from sluice.routing.hashing import (
+    DEFAULT_TEXT_BLOCK_BYTES,
+    hash_text_blocks,
+    hash_token_blocks,
+)
 from sluice.routing.kv_mirror import KvEventMirror
 from sluice.routing.policy import Policy
 from sluice.routing.prefix_index import PrefixIndex
 from sluice.sim.engine import Engine
 from sluice.sim.request import SamplingParams, SimRequest
+from sluice.sim.tokenizer import WordTokenizer
 
 MODEL = "sim-model"
 
@@ -59,7 +66,7 @@ class MeteredEngine(EngineHandle):
 class Variant:
     label: str
     policy: str
-    mode: str = "approx"  # approx | precise | none
+    mode: str = "approx"  # approx | text | precise | none
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -70,6 +77,9 @@ VARIANTS = {
     "weighted": Variant("weighted (llm-d 3:2:2)", "weighted"),
     "cost_model": Variant("cost_model", "cost_model"),
     "affinity_cost": Variant("affinity_cost (default)", "affinity_cost"),
+    "affinity_cost_text": Variant(
+        "affinity_cost, no tokenizer (text blocks)", "affinity_cost", "text"
+    ),
     "affinity_cost_precise": Variant(
         "affinity_cost, precise (KV events)", "affinity_cost", "precise"
     ),
@@ -94,16 +104,40 @@ def parse_variant(spec: str) -> Variant:
     return Variant(label, base.policy, base.mode, options)
 
 
+def text_block_facts(bytes_per_token: float) -> Callable[[WorkloadRequest], RequestFacts]:
+    """The gateway without a tokenizer: the prompt's text (the simulator's word tokenizer
+    decodes the workload's ids) in 64-byte blocks, tokens estimated at 4 bytes each."""
+    tokenizer = WordTokenizer()
+
+    def build(req: WorkloadRequest) -> RequestFacts:
+        text = tokenizer.decode(req.prompt)
+        return RequestFacts(
+            model=MODEL,
+            prompt_tokens=max(1, int(len(text.encode()) / bytes_per_token)),
+            block_hashes=hash_text_blocks(text, DEFAULT_TEXT_BLOCK_BYTES),
+            max_tokens=req.max_tokens,
+            session_key=req.session_id,
+            request_id=req.request_id,
+            stream=True,
+        )
+
+    return build
+
+
 def run_variant(
     variant: Variant,
     workload_factory: Callable[[], Any],
     engines: int,
     engine_opts: list[str],
     block_size: int,
+    bytes_per_token: float = 4.0,
 ) -> dict[str, Any]:
     cfg = engine_config(options=[f"block_size={block_size}", *engine_opts])
     handles: list[MeteredEngine] = []
-    index = PrefixIndex(tokens_per_block=block_size)
+    text = variant.mode == "text"
+    # The index's block unit must match the facts': text blocks stand for 64 / bytes_per_token.
+    unit = max(1, round(DEFAULT_TEXT_BLOCK_BYTES / bytes_per_token)) if text else block_size
+    index = PrefixIndex(tokens_per_block=unit)
     mirror = KvEventMirror(index) if variant.mode == "precise" else None
 
     def factory(i: int) -> EngineHandle:
@@ -129,7 +163,9 @@ def run_variant(
         engines=engines,
         policy=policy,
         engine_factory=factory,
-        facts_builder=token_block_facts(MODEL, block_size),
+        facts_builder=(
+            text_block_facts(bytes_per_token) if text else token_block_facts(MODEL, block_size)
+        ),
         model=MODEL,
     )
     s = result.summary()
@@ -226,6 +262,9 @@ def main() -> None:
     parser.add_argument("--engines", type=int, default=8)
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument(
+        "--bytes-per-token", type=float, default=4.0, help="text-block (no tokenizer) variants"
+    )
+    parser.add_argument(
         "--variants", default=",".join(VARIANTS), help="names, each optionally :key=value..."
     )
     parser.add_argument("--trace", default="/work/shared/traces/mooncake_conversation.jsonl")
@@ -243,7 +282,9 @@ def main() -> None:
     for spec in args.variants.split(","):
         t0 = time.perf_counter()
         variant = parse_variant(spec)
-        row = run_variant(variant, workload, args.engines, args.engine_opt, args.block_size)
+        row = run_variant(
+            variant, workload, args.engines, args.engine_opt, args.block_size, args.bytes_per_token
+        )
         rows.append(row)
         print(json.dumps(row), f"({time.perf_counter() - t0:.0f}s)", flush=True)
     if args.floor:

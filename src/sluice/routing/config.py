@@ -65,6 +65,8 @@ class FactsConfig(_Section):
     tokenizer: str | None = None  # a local tokenizer.json
     # Or ask an engine's /tokenize (cached by prompt); costs a round trip per new prompt.
     remote_tokenize: bool = False
+    # Without token ids: UTF-8 bytes per token for estimates and the index's block unit.
+    bytes_per_token: float = Field(APPROX_BYTES_PER_TOKEN, gt=0)
     template: Literal["llama3", "chatml"] = "llama3"
     adapter_separator: str = ":"
     kind_header: str = "x-sluice-kind"
@@ -127,7 +129,9 @@ def build_index(config: RoutingConfig, exact_tokens: bool) -> PrefixIndex:
     """The index whose block unit matches what the facts builder hashes."""
     ix = config.prefix_index
     tokens_per_block = (
-        ix.block_size if exact_tokens else max(1, ix.text_block_bytes // APPROX_BYTES_PER_TOKEN)
+        ix.block_size
+        if exact_tokens
+        else max(1, round(ix.text_block_bytes / config.facts.bytes_per_token))
     )
     return PrefixIndex(ix.default_capacity_blocks, tokens_per_block=tokens_per_block)
 
@@ -177,6 +181,7 @@ def build_facts_builder(config: RoutingConfig, tokenize: Tokenize | None) -> Fac
         version_header=f.version_header,
         cache_tokens=f.cache_tokens,
         remote_tokens=f.remote_tokenize and tokenize is None,
+        bytes_per_token=f.bytes_per_token,
     )
 
 

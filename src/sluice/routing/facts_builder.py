@@ -88,10 +88,15 @@ class FactsBuilder:
         version_header: str = "x-sluice-model-version",
         cache_tokens: int = 4_000_000,
         remote_tokens: bool = False,
+        bytes_per_token: float = APPROX_BYTES_PER_TOKEN,
     ) -> None:
         self.tokenize = tokenize
         # Token ids come from the engine's /tokenize, passed to ``build`` by the caller.
         self.remote_tokens = remote_tokens
+        # Approximate mode's exchange rate: ~4 for English BPE; code and other scripts differ.
+        if bytes_per_token <= 0:
+            raise ValueError("bytes_per_token must be positive")
+        self.bytes_per_token = bytes_per_token
         self.render = TEMPLATES[template] if isinstance(template, str) else template
         self.block_size = block_size
         self.text_block_bytes = text_block_bytes
@@ -110,7 +115,7 @@ class FactsBuilder:
         """What one hashed block stands for, for ``PrefixIndex(tokens_per_block=...)``."""
         if self.exact:
             return self.block_size
-        return max(1, self.text_block_bytes // APPROX_BYTES_PER_TOKEN)
+        return max(1, round(self.text_block_bytes / self.bytes_per_token))
 
     def prompt(self, body: Mapping[str, Any]) -> str | list[int]:
         """The rendered prompt text, or token ids when the client sent ids."""
@@ -160,7 +165,7 @@ class FactsBuilder:
         else:
             assert isinstance(prompt, str)
             data_len = len(prompt.encode("utf-8", "surrogatepass"))
-            prompt_tokens = data_len // APPROX_BYTES_PER_TOKEN
+            prompt_tokens = int(data_len / self.bytes_per_token)
             # Text blocks would never match an index of token blocks: when the engine could not
             # tokenize, route without cache information rather than with wrong keys.
             hashes = (
