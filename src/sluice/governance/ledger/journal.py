@@ -1,14 +1,16 @@
 """Journal segments: every audit row is appended to a local file before it is queued.
 
-A write to the page cache survives ``kill -9`` of the process, so a row for an answered request
-is never lost: the writer deletes a segment only after all its rows are committed, and whatever is
-left (a crash, a database outage, a queue overflow) is replayed from the files. Each open segment
-is ``flock``-ed by its writer; any process may replay segments nobody holds.
+A write to the page cache (here through a shared memory map) survives ``kill -9`` of the
+process, so a row for an answered request is never lost: the writer deletes a segment only after
+all its rows are committed, and whatever is left (a crash, a database outage, a queue overflow)
+is replayed from the files. Each open segment is ``flock``-ed by its writer; any process may
+replay segments nobody holds.
 """
 
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 import time
 from collections.abc import Iterator
@@ -19,19 +21,33 @@ import orjson
 
 from sluice.governance.ledger.metrics import CORRUPT
 
+SEGMENT_BYTES = 8 << 20  # a rotation every flush interval keeps segments far below this
+
 
 class Segment:
-    def __init__(self, path: Path) -> None:
+    """One journal file, memory-mapped (``MAP_SHARED``): appending a row is a memory copy, not a
+    system call, and the pages belong to the page cache, so they survive the process."""
+
+    def __init__(self, path: Path, size: int = SEGMENT_BYTES) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(self.fd, size)  # sparse: pages are allocated as rows arrive
+        self._map = mmap.mmap(self.fd, size)
+        self.size = size
+        self.offset = 0
         self.rows: list[dict[str, Any]] = []  # in-memory copy, while it is complete
         self.complete = True  # False once a row overflowed the in-memory queue
         self.count = 0
         self.first_ts: float | None = None
 
+    def fits(self, n: int) -> bool:
+        return self.offset + n <= self.size
+
     def append(self, row: dict[str, Any], line: bytes, keep: bool) -> None:
-        os.write(self.fd, line)
+        end = self.offset + len(line)
+        self._map[self.offset : end] = line
+        self.offset = end
         self.count += 1
         if self.first_ts is None:
             self.first_ts = time.time()
@@ -42,8 +58,11 @@ class Segment:
             self.rows.clear()
 
     def close(self, delete: bool) -> None:
+        self._map.close()
         if delete:
             self.path.unlink(missing_ok=True)
+        else:
+            os.ftruncate(self.fd, self.offset)  # a spill file holds just its rows
         os.close(self.fd)  # also releases the lock
 
 
@@ -53,7 +72,9 @@ def encode(row: dict[str, Any]) -> bytes:
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     rows = []
-    for line in path.read_bytes().splitlines():
+    data = path.read_bytes()
+    used = data.find(b"\0")  # a segment left by a dead process: zeros after its last row
+    for line in (data if used < 0 else data[:used]).splitlines():
         if not line.strip():
             continue
         try:

@@ -56,6 +56,7 @@ class AuditWriter:
         self._max_queue = max_queue
         self._replay_interval = replay_interval
         self._segment: journal.Segment | None = None
+        self._sealed: list[journal.Segment] = []  # full or rotated, waiting for the writer
         self._queued = 0  # rows held in memory across segments being written
         self._n = 0
         self._spilled_segments = 0
@@ -71,16 +72,20 @@ class AuditWriter:
 
     def submit(self, record: AuditRecord | dict[str, Any]) -> None:
         row = record.row() if isinstance(record, AuditRecord) else record
+        line = journal.encode(row)
         seg = self._segment
-        if seg is None:
-            seg = self._segment = self._open_segment()
+        if seg is None or not seg.fits(len(line)):
+            if seg is not None:  # full: seal it for the writer, start another
+                self._sealed.append(seg)
+                self._kick.set()
+            seg = self._segment = self._open_segment(len(line))
         keep = self._queued < self._max_queue
         if not keep and seg.complete:
             SPILLED.labels("overflow").inc(seg.count + 1)
             self._queued -= len(seg.rows)
         elif not seg.complete:
             SPILLED.labels("overflow").inc()
-        seg.append(row, journal.encode(row), keep)
+        seg.append(row, line, keep)
         if seg.complete:
             self._queued += 1
         QUEUE_DEPTH.set(self._queued)
@@ -121,37 +126,44 @@ class AuditWriter:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def _open_segment(self) -> journal.Segment:
+    def _open_segment(self, need: int = 0) -> journal.Segment:
         self._n += 1
         name = f"audit-{os.getpid()}-{time.time_ns()}-{self._n}.jsonl"
-        return journal.Segment(self._dir / name)
+        return journal.Segment(self._dir / name, max(journal.SEGMENT_BYTES, need))
 
     async def flush(self) -> None:
-        """Rotate the current segment and commit its rows (or keep it on disk as a spill)."""
+        """Seal the current segment and commit every sealed one (or keep it on disk, a spill)."""
         async with self._lock:
             seg = self._segment
-            if seg is None or seg.count == 0:
+            if seg is not None and seg.count:
+                self._segment = None
+                self._sealed.append(seg)
+            sealed, self._sealed = self._sealed, []
+            if not sealed:
                 LAG.set(0.0)
                 return
-            self._segment = None
-            rows = seg.rows if seg.complete else journal.read_rows(seg.path)
-            if seg.complete:
-                self._queued -= len(rows)
-                QUEUE_DEPTH.set(self._queued)
-            LAG.set(time.time() - (seg.first_ts or time.time()))
-            if not self._db_ok and time.monotonic() < self._next_replay:
-                self._spill(seg, "database")
-                return
-            try:
-                await self._insert(rows)
-            except Exception as exc:
-                self._db_failed(exc)
-                self._spill(seg, "database")
-                return
-            self._db_recovered()
-            WRITTEN.inc(len(rows))
-            seg.close(delete=True)
-            LAG.set(0.0)
+            LAG.set(time.time() - (sealed[0].first_ts or time.time()))
+            for seg in sealed:
+                await self._commit(seg)
+
+    async def _commit(self, seg: journal.Segment) -> None:
+        rows = seg.rows if seg.complete else journal.read_rows(seg.path)
+        if seg.complete:
+            self._queued -= len(rows)
+            QUEUE_DEPTH.set(self._queued)
+        if not self._db_ok and time.monotonic() < self._next_replay:
+            self._spill(seg, "database")
+            return
+        try:
+            await self._insert(rows)
+        except Exception as exc:
+            self._db_failed(exc)
+            self._spill(seg, "database")
+            return
+        self._db_recovered()
+        WRITTEN.inc(len(rows))
+        seg.close(delete=True)
+        LAG.set(0.0)
 
     def _spill(self, seg: journal.Segment, reason: str) -> None:
         if seg.complete:  # overflowed rows were counted at submit
