@@ -191,3 +191,15 @@ def test_cost_model_penalties_for_memory_and_load() -> None:
     states[0].kv_usage = 0.0
     states[0].in_flight = 40
     assert make_policy("cost_model", load_penalty=0.05).pick(facts, states, 0).endpoint.id == "e1"
+
+
+def test_capacity_follows_a_change_of_the_index_unit() -> None:
+    index = PrefixIndex(tokens_per_block=16)
+    states = _states(1)
+    states[0].num_blocks, states[0].block_size = 100, 16
+    policy = make_policy("affinity_cost", index=index)
+    policy.pick(_facts(list(range(16))), states, 0.0)
+    assert index.capacity("e0") == 100
+    index.tokens_per_block = 8  # learned: each index block stands for fewer tokens
+    policy.pick(_facts(list(range(16))), states, 0.0)
+    assert index.capacity("e0") == 200

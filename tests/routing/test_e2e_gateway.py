@@ -118,6 +118,10 @@ async def test_approximate_mode_sends_the_next_turn_home(engines: EngineFleet) -
     with GatewayServer(_config(engines, "approximate")) as server:
         await _conversations_return_home(server.url, "approx")
         await _load_returns_to_zero(server)
+        # No tokenizer: the rate moved from 4 toward the simulator's ~6.9 bytes per token.
+        core = server.gateway.facts_core
+        assert core is not None and core.bytes_per_token > 5.0
+        assert server.gateway.policy.index.tokens_per_block == core.tokens_per_block < 16  # type: ignore[attr-defined]
 
 
 async def test_precise_mode_mirrors_the_engines_kv_events(engines: EngineFleet) -> None:

@@ -128,3 +128,20 @@ def test_remote_tokens_are_used_and_a_failed_tokenize_routes_without_keys() -> N
     )
     facts_builder, _, index = build_routing(cfg)
     assert facts_builder.remote_tokens and index is not None and index.tokens_per_block == 16
+
+
+def test_bytes_per_token_is_learned_from_engine_counts() -> None:
+    builder = FactsBuilder(text_block_bytes=64)
+    assert builder.tokens_per_block == 16
+    body = {"model": "m", "prompt": "y" * 7000}
+    facts = builder.build(body)
+    assert facts.prompt_bytes == 7000 and facts.prompt_tokens == 1750
+    moved = [builder.observe(facts, 1000) for _ in range(200)]  # the engine says 7 bytes/token
+    assert builder.bytes_per_token == pytest.approx(7.0, rel=0.01)
+    assert builder.tokens_per_block == 9 and any(moved)
+    assert builder.build(body).prompt_tokens == pytest.approx(1000, rel=0.01)
+    exact = FactsBuilder(WordTokenizer().encode)
+    exact_facts = exact.build(body)
+    assert exact_facts.prompt_bytes == 0 and not exact.observe(exact_facts, 10)
+    frozen = FactsBuilder(learn_bytes_per_token=False)
+    assert not frozen.observe(frozen.build(body), 1000) and frozen.bytes_per_token == 4.0

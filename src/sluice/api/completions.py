@@ -113,6 +113,8 @@ class CompletionsHandler:
             usage.completion_tokens,
             usage.cached_tokens,
         )
+        if usage.known and usage.prompt_tokens and ctx.facts is not None:
+            gw.learn_prompt_rate(ctx.facts, usage.prompt_tokens)
         if self._log_requests:
             ttft = ctx.ttft
             gw.request_log.line(

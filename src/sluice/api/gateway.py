@@ -20,8 +20,9 @@ from sluice.api.facts import (
 )
 from sluice.api.hooks import Hooks
 from sluice.config import ModelConfig, SluiceConfig
-from sluice.routing import EndpointState, Policy
+from sluice.routing import EndpointState, Policy, RequestFacts
 from sluice.routing.config import build_index, build_policy, build_router
+from sluice.routing.facts_builder import FactsBuilder
 from sluice.routing.kv_mirror import KvEventMirror
 from sluice.routing.prefix_index import PrefixIndex
 from sluice.routing.router import Router
@@ -59,6 +60,8 @@ class Gateway:
         )
         routing = config.routing
         builder = facts_builder_from_config(routing)
+        # The routing package's builder behind ``facts_builder`` (None when one is injected).
+        self.facts_core: FactsBuilder | None = None if facts_builder else builder
         if policy is None:
             index = None
             if routing.prefix_index.mode != "off":
@@ -138,6 +141,15 @@ class Gateway:
                 self.log.exception("shutdown_hook_failed")
         await self.client.close()
         self.request_log.flush()
+
+    def learn_prompt_rate(self, facts: RequestFacts, prompt_tokens: int) -> None:
+        """No tokenizer: refine the bytes-per-token estimate from the engine's own count, and
+        move the prefix index to the new block unit when it changes."""
+        if self.facts_core is None or not self.facts_core.observe(facts, prompt_tokens):
+            return
+        index = getattr(self.policy, "index", None)
+        if isinstance(index, PrefixIndex):
+            index.tokens_per_block = self.facts_core.tokens_per_block
 
     def known_model(self, model: str) -> bool:
         """Configured, versioned, served by an engine, or possibly served (an engine whose

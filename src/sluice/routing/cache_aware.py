@@ -51,7 +51,7 @@ class CacheAwarePolicy(Policy):
     def __init__(self, index: PrefixIndex | None = None, learn: bool = True) -> None:
         self.index = index if index is not None else PrefixIndex()
         self.learn = learn
-        self._geometry: dict[str, tuple[int, int]] = {}
+        self._geometry: dict[str, tuple[int, int, int]] = {}
 
     def view(self, facts: RequestFacts, candidates: Sequence[EndpointState]) -> CacheView:
         self._sync_capacity(candidates)
@@ -70,8 +70,10 @@ class CacheAwarePolicy(Policy):
     def _sync_capacity(self, candidates: Sequence[EndpointState]) -> None:
         # The bound follows the engine's KV size (num_gpu_blocks x block_size tokens) once the
         # scraper has read vllm:cache_config_info; converted to index blocks.
+        # The index's unit may change too (approximate mode learning its bytes per token).
+        unit = self.index.tokens_per_block
         for c in candidates:
-            geometry = (c.num_blocks, c.block_size)
+            geometry = (c.num_blocks, c.block_size, unit)
             if c.num_blocks and self._geometry.get(c.id) != geometry:
                 self._geometry[c.id] = geometry
                 tokens = c.num_blocks * c.block_size

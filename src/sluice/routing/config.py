@@ -67,6 +67,8 @@ class FactsConfig(_Section):
     remote_tokenize: bool = False
     # Without token ids: UTF-8 bytes per token for estimates and the index's block unit.
     bytes_per_token: float = Field(APPROX_BYTES_PER_TOKEN, gt=0)
+    # ... the starting rate: the gateway refines it from the engines' reported prompt tokens.
+    learn_bytes_per_token: bool = True
     template: Literal["llama3", "chatml"] = "llama3"
     adapter_separator: str = ":"
     kind_header: str = "x-sluice-kind"
@@ -182,6 +184,7 @@ def build_facts_builder(config: RoutingConfig, tokenize: Tokenize | None) -> Fac
         cache_tokens=f.cache_tokens,
         remote_tokens=f.remote_tokenize and tokenize is None,
         bytes_per_token=f.bytes_per_token,
+        learn_bytes_per_token=f.learn_bytes_per_token,
     )
 
 

@@ -29,3 +29,6 @@ class RequestFacts:
     kind: str = "interactive"
     # A pinned model version (the ``x-sluice-model-version`` header), for testing a canary.
     version_override: str | None = None
+    # UTF-8 bytes of the rendered prompt when tokens were estimated (0 when exact): with the
+    # engine's reported prompt tokens it teaches the estimator its bytes-per-token rate.
+    prompt_bytes: int = 0

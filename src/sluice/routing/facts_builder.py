@@ -89,6 +89,7 @@ class FactsBuilder:
         cache_tokens: int = 4_000_000,
         remote_tokens: bool = False,
         bytes_per_token: float = APPROX_BYTES_PER_TOKEN,
+        learn_bytes_per_token: bool = True,
     ) -> None:
         self.tokenize = tokenize
         # Token ids come from the engine's /tokenize, passed to ``build`` by the caller.
@@ -97,6 +98,7 @@ class FactsBuilder:
         if bytes_per_token <= 0:
             raise ValueError("bytes_per_token must be positive")
         self.bytes_per_token = bytes_per_token
+        self.learn_bytes_per_token = learn_bytes_per_token
         self.render = TEMPLATES[template] if isinstance(template, str) else template
         self.block_size = block_size
         self.text_block_bytes = text_block_bytes
@@ -116,6 +118,20 @@ class FactsBuilder:
         if self.exact:
             return self.block_size
         return max(1, round(self.text_block_bytes / self.bytes_per_token))
+
+    def observe(self, facts: RequestFacts, prompt_tokens: int) -> bool:
+        """Learn the bytes-per-token rate from an engine-reported prompt token count (usage).
+
+        Returns True when the block unit (``tokens_per_block``) changed, so the caller can move
+        the index to it. Only estimated prompts teach; each sample is clamped to 1-16 bytes and
+        weighs 5%, so one odd request cannot swing the rate.
+        """
+        if not self.learn_bytes_per_token or facts.prompt_bytes <= 0 or prompt_tokens <= 0:
+            return False
+        before = self.tokens_per_block
+        sample = min(16.0, max(1.0, facts.prompt_bytes / prompt_tokens))
+        self.bytes_per_token += 0.05 * (sample - self.bytes_per_token)
+        return self.tokens_per_block != before
 
     def prompt(self, body: Mapping[str, Any]) -> str | list[int]:
         """The rendered prompt text, or token ids when the client sent ids."""
@@ -159,6 +175,7 @@ class FactsBuilder:
         elif self.tokenize is not None:
             tokens = self.cache.get(prompt, self.tokenize)
         hashes: Sequence[int]
+        data_len = 0
         if tokens is not None:
             prompt_tokens = len(tokens)
             hashes = hash_token_blocks(tokens, self.block_size, extra_key=adapter)
@@ -188,6 +205,7 @@ class FactsBuilder:
             request_id=request_id,
             kind="batch" if kind == "batch" else "interactive",
             version_override=header(self.version_header),
+            prompt_bytes=data_len,
         )
 
     def _session_key(
