@@ -139,3 +139,36 @@ async def test_key_store_outage_serves_cached_keys_and_503s_the_rest(
     with pytest.raises(AuthError) as err:
         await auth.authenticate(f"Bearer {other}")
     assert err.value.status == 503
+
+
+async def test_a_verified_key_is_served_from_the_cache_until_ttl_expiry_or_forget(
+    sqlite_engine: AsyncEngine, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = KeyStore(sqlite_engine)
+    auth = Authenticator(store, cache_ttl=5.0, clock=clock)
+    record, plaintext = await store.create(tenant="t", user="u", expires_at=clock.now + 3)
+    header = f"Bearer {plaintext}"
+    first = await auth.authenticate(header)
+    calls: list[str] = []
+    real_verify, real_get = keys.verify, store.get
+
+    def verify(salt: bytes, stored: bytes, secret: str) -> bool:
+        calls.append("hmac")
+        return real_verify(salt, stored, secret)
+
+    async def get(key_id: str) -> object:
+        calls.append("lookup")
+        return await real_get(key_id)
+
+    monkeypatch.setattr(keys, "verify", verify)
+    monkeypatch.setattr(store, "get", get)
+    assert await auth.authenticate(header) is first
+    assert calls == []  # no store lookup, no HMAC
+    wrong = plaintext[:-1] + ("B" if plaintext[-1] != "B" else "C")
+    await _reject(auth, f"Bearer {wrong}")  # a different value is never a cache hit
+    calls.clear()
+    auth.forget(record.key_id)
+    assert (await auth.authenticate(header)).key_id == record.key_id
+    assert calls == ["lookup", "hmac"]
+    clock.advance(3.1)  # the key's own expiry comes before the cache TTL
+    await _reject(auth, header)

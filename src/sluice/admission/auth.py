@@ -2,8 +2,12 @@
 
 Every failure (missing, malformed, unknown, wrong secret, expired, revoked) does the same work (a
 cache or store lookup and one HMAC) and returns the same 401, so timing does not tell them apart.
-Verified key records are cached briefly (``cache_ttl``, bounded LRU, also for unknown ids) so the
-hot path is one dict lookup plus one HMAC; a revocation takes effect within ``cache_ttl``. While
+Key records are cached briefly (``cache_ttl``, bounded LRU, also for unknown ids), and so are
+verified credentials: the exact ``Authorization`` value of a key that passed its HMAC maps to its
+``Principal`` until ``cache_ttl`` (or the key's expiry) passes, so a repeat caller costs one dict
+lookup and one clock read. Only credentials that verified are kept there (a wrong secret never
+is), so it cannot be filled by guessing. A revocation takes effect within ``cache_ttl`` (at once
+in the process that revoked it, through ``forget``). While
 the key store is unreachable, cached records keep serving for up to ``stale_ttl``; keys not in
 the cache get 503, not 401.
 """
@@ -47,6 +51,8 @@ class Authenticator:
         self._size = cache_size
         self._clock = clock
         self._cache: OrderedDict[str, tuple[KeyRecord | None, float]] = OrderedDict()
+        # Authorization header value -> (principal, valid until): verified keys only.
+        self._verified: dict[str, tuple[Principal, float]] = {}
         self._stale_ttl = stale_ttl
         self._store_down = False
 
@@ -60,6 +66,10 @@ class Authenticator:
         return token.strip()
 
     async def authenticate(self, authorization: str | None) -> Principal:
+        if authorization is not None:
+            hit = self._verified.get(authorization)
+            if hit is not None and self._clock() < hit[1]:
+                return hit[0]
         token = self.bearer(authorization)
         if token is not None and self._jwt is not None and JwtVerifier.looks_like_jwt(token):
             try:
@@ -73,9 +83,10 @@ class Authenticator:
             keys.verify(keys.DUMMY_SALT, keys.DUMMY_DIGEST, secret)
             raise unauthorized(MISSING if token is None else INVALID)
         good = keys.verify(record.salt, record.digest, secret)
-        if not good or not record.active(self._clock()):
+        now = self._clock()
+        if not good or not record.active(now):
             raise unauthorized()
-        return Principal(
+        principal = Principal(
             tenant=record.tenant,
             user=record.user,
             tier=record.tier,
@@ -86,6 +97,14 @@ class Authenticator:
             concurrency=record.concurrency,
             trusted=record.trusted,
         )
+        if authorization is not None and self._ttl > 0:
+            until = now + self._ttl
+            if record.expires_at is not None:
+                until = min(until, record.expires_at)
+            if len(self._verified) >= self._size:
+                del self._verified[next(iter(self._verified))]  # the oldest entry
+            self._verified[authorization] = (principal, until)
+        return principal
 
     async def _lookup(self, key_id: str) -> KeyRecord | None:
         now = self._clock()
@@ -118,3 +137,6 @@ class Authenticator:
     def forget(self, key_id: str) -> None:
         """Drop a cached record (called after a revocation made through this process)."""
         self._cache.pop(key_id, None)
+        # Revocations are rare: a scan of the verified credentials is fine here.
+        for value in [v for v, (p, _) in self._verified.items() if p.key_id == key_id]:
+            del self._verified[value]
