@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from sluice.governance.registry import ModelEntry
@@ -19,6 +21,9 @@ class LedgerConfig(_Section):
     flush_interval_s: float = Field(0.2, gt=0)
     max_queue: int = Field(10_000, ge=1)
     replay_interval_s: float = Field(2.0, gt=0)
+    # Who inserts the rows: ``process``, a writer process the gateway starts (the gateway only
+    # journals; no database work on its CPU), or ``inline``, a task in the gateway's own loop.
+    writer: Literal["process", "inline"] = "process"
 
 
 class GovernanceConfig(_Section):

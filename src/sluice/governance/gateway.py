@@ -6,8 +6,13 @@ Installed by ``sluice.api.extensions``.
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from sluice.api.context import RequestContext
 from sluice.config import ModelConfig
@@ -15,6 +20,7 @@ from sluice.governance.config import GovernanceConfig
 from sluice.governance.db import Database, database_for
 from sluice.governance.ledger import AuditRecord, AuditWriter, prompt_hash, sampling
 from sluice.governance.ledger import metrics as ledger_metrics
+from sluice.governance.ledger import process as writer_process
 from sluice.governance.ledger.record import prompt_text
 from sluice.governance.prices import cost
 from sluice.governance.redact import redact
@@ -23,6 +29,8 @@ from sluice.governance.registry import Registry
 if TYPE_CHECKING:
     from sluice.api.gateway import Gateway
 
+log = structlog.get_logger("sluice.governance")
+_WRITER_EXIT_S = 10.0
 _METRICS = (
     ledger_metrics.WRITTEN,
     ledger_metrics.SPILLED,
@@ -87,10 +95,12 @@ class Ledger:
         self.registry = registry
         self.db = db
         self.writer: AuditWriter | None = None
+        self._process: subprocess.Popen[str] | None = None
         self._store_text = frozenset(cfg.store_text_tenants)
 
     async def start(self) -> None:
         led = self.cfg.ledger
+        inline = led.writer == "inline"
         self.writer = AuditWriter(
             self.db.engine,
             led.spill_dir,
@@ -98,9 +108,32 @@ class Ledger:
             flush_interval=led.flush_interval_s,
             max_queue=led.max_queue,
             replay_interval=led.replay_interval_s,
+            inline=inline,
         )
+        if not inline:
+            # Started before the journal: it replays what a previous (dead) gateway left.
+            self._process = await asyncio.to_thread(
+                writer_process.spawn,
+                self.db.url,
+                Path(led.spill_dir),
+                led.flush_interval_s,
+                led.replay_interval_s,
+            )
         await self.writer.start()
-        self.db.before_stop.append(self.writer.close)
+        self.db.before_stop.append(self.close)
+
+    async def close(self) -> None:
+        """Seal (or, inline, write) what is journaled; the writer process inserts it and ends."""
+        if self.writer is not None:
+            await self.writer.close()
+        proc, self._process = self._process, None
+        if proc is not None:
+            proc.terminate()
+            try:
+                await asyncio.to_thread(proc.wait, _WRITER_EXIT_S)
+            except subprocess.TimeoutExpired:
+                # Still inserting (a slow database): it finishes on its own, its parent gone.
+                log.warning("ledger writer process still busy at shutdown", pid=proc.pid)
 
     async def mark_text(self, ctx: RequestContext) -> None:
         """Admit hook (after authentication): ask the proxy to keep this tenant's answer text."""

@@ -30,8 +30,13 @@ class Segment:
 
     def __init__(self, path: Path, size: int = SEGMENT_BYTES) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        # Created under a name replay does not match, locked, then renamed: a replaying process
+        # never sees a new segment before its writer holds the lock (it would take it for an
+        # empty segment left by a dead process and delete it).
+        hidden = path.with_name("." + path.name)
+        self.fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(hidden, path)
         os.ftruncate(self.fd, size)  # sparse: pages are allocated as rows arrive
         self._map = mmap.mmap(self.fd, size)
         self.size = size
@@ -56,6 +61,13 @@ class Segment:
         else:
             self.complete = False
             self.rows.clear()
+
+    def write(self, line: bytes) -> None:
+        """Journal only (the rows are inserted by another process, from the file)."""
+        end = self.offset + len(line)
+        self._map[self.offset : end] = line
+        self.offset = end
+        self.count += 1
 
     def close(self, delete: bool) -> None:
         self._map.close()
@@ -82,6 +94,17 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         except orjson.JSONDecodeError:
             CORRUPT.inc()  # a torn final line from a crash mid-write
     return rows
+
+
+def pending(directory: Path) -> list[float]:
+    """Creation times (from the names, oldest first) of the segments in ``directory``."""
+    times = []
+    for path in directory.glob("audit-*.jsonl"):
+        try:
+            times.append(int(path.name.split("-")[2]) / 1e9)
+        except (IndexError, ValueError):
+            continue
+    return sorted(times)
 
 
 def claim_unlocked(directory: Path) -> Iterator[tuple[Path, int]]:

@@ -7,6 +7,11 @@ in-memory queue overflows, the segment is inserted from its file instead; when t
 down, the segment stays on disk (a spill) and is replayed, with every other unclaimed segment in
 the spill directory, once the database answers again. Inserts ignore duplicate request ids, so a
 replay after a crash between commit and delete is harmless.
+
+With ``inline=False`` (``governance.ledger.writer: process``) this process only journals: ``submit``
+is an encode and a memory copy, and every ``flush_interval`` the current segment is sealed (its
+lock released) for a separate writer process (``ledger/process.py``) that inserts unlocked
+segments and deletes them, so no database work shares the gateway's CPU.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ _JSON_INDEXES = tuple(i for i, c in enumerate(COLUMNS) if c in ("sampling", "gua
 
 
 class AuditWriter:
+    log_replays = True
+
     def __init__(
         self,
         engine: AsyncEngine,
@@ -48,8 +55,10 @@ class AuditWriter:
         flush_interval: float = 0.2,
         max_queue: int = 10_000,
         replay_interval: float = 2.0,
+        inline: bool = True,
     ) -> None:
         self._engine = engine
+        self._inline = inline
         self._dir = Path(spill_dir)
         self._batch_size = batch_size
         self._flush_interval = flush_interval
@@ -73,6 +82,9 @@ class AuditWriter:
     def submit(self, record: AuditRecord | dict[str, Any]) -> None:
         row = record.row() if isinstance(record, AuditRecord) else record
         line = journal.encode(row)
+        if not self._inline:
+            self._journal(line)
+            return
         seg = self._segment
         if seg is None or not seg.fits(len(line)):
             if seg is not None:  # full: seal it for the writer, start another
@@ -92,12 +104,46 @@ class AuditWriter:
         if seg.count >= self._batch_size:
             self._kick.set()
 
+    def _journal(self, line: bytes) -> None:
+        seg = self._segment
+        if seg is None or not seg.fits(len(line)):
+            if seg is not None:
+                seg.close(delete=False)  # full: sealed, the writer process takes it
+            seg = self._segment = self._open_segment(len(line))
+        seg.write(line)
+
+    @property
+    def database_up(self) -> bool:
+        return self._db_ok
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
+        if not self._inline:
+            self._task = asyncio.get_running_loop().create_task(self._rotate())
+            return
         await self.replay()
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _rotate(self) -> None:
+        """Journal-only mode: seal the current segment every ``flush_interval``."""
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._flush_interval):
+                    await self._kick.wait()
+            self.seal()
+
+    def seal(self) -> None:
+        """Journal-only mode: hand the current segment (if it has rows) to the writer process,
+        and show how much is waiting for it."""
+        seg = self._segment
+        if seg is not None and seg.count:
+            self._segment = None
+            seg.close(delete=False)
+        pending = journal.pending(self._dir)
+        PENDING_SEGMENTS.set(len(pending))
+        LAG.set(max(0.0, time.time() - pending[0]) if pending else 0.0)
 
     async def close(self) -> None:
         """Write what is queued (or leave it on disk for the next start)."""
@@ -107,7 +153,10 @@ class AuditWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.flush()
+        if self._inline:
+            await self.flush()
+        else:
+            self.seal()
 
     async def _run(self) -> None:
         while not self._closing:
@@ -195,7 +244,7 @@ class AuditWriter:
                 os.close(fd)
         self._spilled_segments = remaining
         PENDING_SEGMENTS.set(remaining)
-        if total:
+        if total and self.log_replays:
             log.info("audit rows replayed from spill files", rows=total)
         return total
 
