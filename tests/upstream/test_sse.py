@@ -56,3 +56,18 @@ def test_any_split_of_the_stream_gives_the_same_result(cuts: list[int]) -> None:
     tap = StreamTap(strip_usage=True)
     assert run(tap, chunks) == b"".join(CONTENT) + b"data: [DONE]\n\n"
     assert tap.usage == USAGE
+
+
+def test_finish_reason_and_events_are_read_from_the_bytes_in_any_split() -> None:
+    role = event({"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
+    token = event({"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]})
+    final = event({"choices": [{"index": 0, "delta": {"content": "y"}, "finish_reason": "stop"}]})
+    stream = role + token * 3 + final + USAGE_EVENT + b"data: [DONE]\n\n"
+    for size in (1, 7, 50, len(stream)):
+        tap = StreamTap(strip_usage=True)
+        run(tap, [stream[i : i + size] for i in range(0, len(stream), size)])
+        assert tap.finish_reason == "stop"
+        assert tap.events == 7
+    cut = StreamTap(strip_usage=True)
+    run(cut, [role + token * 3])  # cancelled: no final chunk, no usage
+    assert cut.finish_reason is None and cut.tokens_seen(chat=True) == 3

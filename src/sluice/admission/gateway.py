@@ -36,6 +36,7 @@ from sluice.admission.priority_queue import QueueLimits
 from sluice.api.context import RequestContext
 from sluice.api.errors import ApiError
 from sluice.governance.db import Database, database_for
+from sluice.governance.streamed import streamed_usage
 
 if TYPE_CHECKING:
     from sluice.api.gateway import Gateway
@@ -232,9 +233,11 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
 
 def _actual_tokens(ctx: RequestContext, ticket: Ticket) -> int | None:
     """The real count when the engine reported it; the prompt alone when nothing was generated;
+    for a stream cut short (no usage report), the prompt and the tokens streamed so far;
     otherwise unknown (the whole estimate stays charged)."""
     if ctx.usage.known:
         return ctx.usage.prompt_tokens + ctx.usage.completion_tokens
     if ctx.first_byte_at is None:
         return len(ctx.raw_body) // 4
-    return None
+    seen = streamed_usage(ctx)
+    return None if seen is None else seen[0] + seen[1]

@@ -24,7 +24,7 @@ from sluice.api.gateway import Gateway
 from sluice.routing import Decision, EndpointState, NoEndpointError, RequestFacts
 from sluice.routing.pools import PoolFullError
 from sluice.upstream.client import UpstreamError, UpstreamResponse
-from sluice.upstream.sse import StreamTap
+from sluice.upstream.sse import STREAM_TAP, StreamTap
 
 Send = Any  # ASGI send callable
 
@@ -190,7 +190,7 @@ async def _stream(
     state.ttft_ewma = (
         ttft if state.ttft_ewma is None else state.ttft_ewma + _EWMA * (ttft - state.ttft_ewma)
     )
-    tap = StreamTap(strip_usage=not ctx.client_wants_usage)
+    tap = ctx.extra[STREAM_TAP] = StreamTap(strip_usage=not ctx.client_wants_usage)
     ctx.status = 200
     ctx.response_started = True
     headers = _headers(gw, ctx, response.content_type or b"text/event-stream")
@@ -218,10 +218,13 @@ async def _stream(
         return
     gw.fleet.record_success(state)
     ctx.outcome = OK
+    out += tap.flush()
     if tap.usage is not None:
         ctx.usage.update(tap.usage)
+    if tap.finish_reason is not None:
+        ctx.extra["finish_reason"] = tap.finish_reason
     ctx.response_done = True
-    await send({"type": "http.response.body", "body": out + tap.flush(), "more_body": False})
+    await send({"type": "http.response.body", "body": out, "more_body": False})
 
 
 async def _load_adapter(gw: Gateway, state: EndpointState, adapter: str) -> None:

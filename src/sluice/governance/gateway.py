@@ -25,6 +25,7 @@ from sluice.governance.ledger.record import prompt_text
 from sluice.governance.prices import cost
 from sluice.governance.redact import redact
 from sluice.governance.registry import Registry
+from sluice.governance.streamed import streamed_usage
 
 if TYPE_CHECKING:
     from sluice.api.gateway import Gateway
@@ -149,6 +150,12 @@ class Ledger:
         served = getattr(decision, "upstream_model", None) or ctx.model
         entry = self.registry.get(served) or self.registry.get(ctx.model)
         usage = ctx.usage
+        prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        if not usage.known and ctx.first_byte_at is not None:
+            # A stream cut short before its usage report: what was produced, not zero.
+            seen = streamed_usage(ctx)
+            if seen is not None:
+                prompt_tokens, completion_tokens = seen
         body: dict[str, Any] = ctx.body
         store = ctx.tenant is not None and ctx.tenant in self._store_text
         response_text = ctx.extra.get("response_text")
@@ -169,8 +176,8 @@ class Ledger:
             routing_reason=decision.explain() if decision is not None else ctx.error,
             prompt_hash=prompt_hash(body) if body else None,
             sampling=sampling(body) or None,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             cached_tokens=usage.cached_tokens,
             ttft_ms=None if ctx.ttft is None else ctx.ttft * 1000,
             e2e_ms=None if ctx.e2e is None else ctx.e2e * 1000,
@@ -179,8 +186,8 @@ class Ledger:
             guardrails=ctx.extra.get("guardrails"),
             cost_usd=cost(
                 entry.prices if entry else None,
-                usage.prompt_tokens,
-                usage.completion_tokens,
+                prompt_tokens,
+                completion_tokens,
                 usage.cached_tokens,
             ),
             prompt_text=redact(prompt_text(body)) if store and body else None,
