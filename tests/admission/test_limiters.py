@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from sluice.admission.limits import (
@@ -121,3 +123,37 @@ async def test_three_redis_clients_under_a_concurrent_burst_share_the_limits(
     assert admitted <= 50
     assert admitted * estimate <= 1000 + estimate
     assert admitted == 1000 // estimate  # tokens are the tighter limit here
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=1, max_value=50),  # request limit
+            st.integers(min_value=1, max_value=500),  # token cost
+            st.floats(min_value=0.0, max_value=5.0),  # seconds since the previous request
+        ),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_in_process_fast_path_decides_like_the_full_gcra_evaluation(
+    steps: list[tuple[int, int, float]],
+) -> None:
+    """The inlined arithmetic of ``reserve_now`` against ``gcra.check`` on every bucket."""
+    fast_clock, full_clock = FakeClock(), FakeClock()
+    fast, full = MemoryLimiter(fast_clock), MemoryLimiter(full_clock)
+    for i, (rpm, cost, gap) in enumerate(steps):
+        fast_clock.advance(gap)
+        full_clock.advance(gap)
+        plan = Plan((req("k", rpm), tok("k", 300, cost), req("global", 40)), (SlotBucket("c", 3),))
+        got = fast.reserve_now(plan, f"t{i}", 600.0)
+        want = full._reserve_all(plan, f"t{i}", 600.0, full_clock())
+        assert got.allowed == want.allowed and got.refused_by == want.refused_by
+        for kind in (Kind.REQUESTS, Kind.TOKENS):
+            a, b = got.tightest(kind), want.tightest(kind)
+            assert a is not None and b is not None
+            assert (a.remaining, a.limit) == (b.remaining, b.limit)
+            assert a.reset_after == pytest.approx(b.reset_after)
+        if got.allowed and i % 2:
+            fast.settle_now(plan, f"t{i}", cost // 2)
+            full.settle_now(plan, f"t{i}", cost // 2)

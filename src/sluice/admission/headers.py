@@ -21,17 +21,32 @@ def duration(seconds: float) -> str:
     return f"{s}s"
 
 
+# Header names, encoded once.
+_NAMES = {
+    kind: tuple(
+        f"x-ratelimit-{what}-{kind.value}".encode() for what in ("limit", "remaining", "reset")
+    )
+    for kind in (Kind.REQUESTS, Kind.TOKENS)
+}
+# Limits are few (one per configured scope and override): their encoded values are kept.
+_LIMITS: dict[int, bytes] = {}
+
+
 def rate_limit_headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:
     """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` of the tightest buckets."""
     out: list[tuple[bytes, bytes]] = []
-    for kind in (Kind.REQUESTS, Kind.TOKENS):
+    for kind, (limit_name, remaining_name, reset_name) in _NAMES.items():
         state = verdict.tightest(kind)
         if state is None:
             continue
-        name = kind.value
-        out.append((f"x-ratelimit-limit-{name}".encode(), str(state.limit).encode()))
-        out.append((f"x-ratelimit-remaining-{name}".encode(), str(state.remaining).encode()))
-        out.append((f"x-ratelimit-reset-{name}".encode(), duration(state.reset_after).encode()))
+        limit = _LIMITS.get(state.limit)
+        if limit is None:
+            limit = str(state.limit).encode()
+            if len(_LIMITS) < 1024:
+                _LIMITS[state.limit] = limit
+        out.append((limit_name, limit))
+        out.append((remaining_name, str(state.remaining).encode()))
+        out.append((reset_name, duration(state.reset_after).encode()))
     return out
 
 

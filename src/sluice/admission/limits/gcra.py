@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-_EPS = 1e-9
+EPS = 1e-9  # float slack at the limit (the in-process fast path uses it too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +34,7 @@ def check(tat: float, now: float, cost: float, limit: int, period: float) -> Out
     interval = period / limit
     base = max(tat, now)
     new_tat = base + cost * interval
-    if new_tat - now <= period + _EPS or base <= now:
+    if new_tat - now <= period + EPS or base <= now:
         used = new_tat - now
         return Outcome(True, new_tat, _remaining(period - used, interval), used, 0.0)
     # Larger than the whole limit: wait until the bucket is full again.
@@ -48,4 +48,4 @@ def refund(tat: float, units: float, limit: int, period: float) -> float:
 
 
 def _remaining(free_seconds: float, interval: float) -> int:
-    return max(0, math.floor(free_seconds / interval + _EPS))
+    return max(0, math.floor(free_seconds / interval + EPS))

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from sluice.admission.limits import gcra
 from sluice.admission.limits.base import Limiter, refund
-from sluice.admission.limits.buckets import BucketState, Kind, Plan, Verdict
+from sluice.admission.limits.buckets import BucketState, Kind, Plan, RateBucket, Verdict
 
 _SWEEP_EVERY = 4096
 _SLOT_RETRY = 1.0
@@ -28,8 +28,46 @@ class MemoryLimiter(Limiter):
         return self.reserve_now(plan, ticket_id, slot_ttl)
 
     def reserve_now(self, plan: Plan, ticket_id: str, slot_ttl: float) -> Verdict:
+        """Every bucket or none. The common case (everything fits) is one pass of inlined GCRA
+        arithmetic (``gcra.check``'s, without its result objects); ``states`` then holds only
+        the tightest rate bucket of each kind, which is what the response headers show. A
+        refusal is worked out in full by ``_reserve_all`` (every bucket's state)."""
         now = self._clock()
         self._maybe_sweep(now)
+        tats = self._tat
+        new_tats: list[float] = []
+        tight: dict[Kind, tuple[int, RateBucket, float]] = {}
+        for b in plan.rates:
+            period = b.period
+            interval = period / b.limit
+            tat = tats.get(b.name, now)
+            base = tat if tat > now else now
+            used = base + b.cost * interval - now
+            if used > period + gcra.EPS and base > now:
+                return self._reserve_all(plan, ticket_id, slot_ttl, now)
+            new_tats.append(used + now)
+            left = int((period - used) / interval + gcra.EPS)
+            remaining = left if left > 0 else 0
+            best = tight.get(b.kind)
+            if best is None or remaining < best[0]:
+                tight[b.kind] = (remaining, b, used)
+        for s in plan.slots:
+            if len(self._live_slots(s.name, now)) >= s.limit:
+                return self._reserve_all(plan, ticket_id, slot_ttl, now)
+        for b, new_tat in zip(plan.rates, new_tats, strict=True):
+            tats[b.name] = new_tat
+        for s in plan.slots:
+            self._slots.setdefault(s.name, {})[ticket_id] = now + slot_ttl
+        return Verdict(
+            allowed=True,
+            states=[
+                BucketState(b.name, kind, b.limit, remaining, used)
+                for kind, (remaining, b, used) in tight.items()
+            ],
+            backend=self.name,
+        )
+
+    def _reserve_all(self, plan: Plan, ticket_id: str, slot_ttl: float, now: float) -> Verdict:
         verdict = Verdict(allowed=True, backend=self.name)
         new_tats: list[float] = []
         for b in plan.rates:
