@@ -312,6 +312,11 @@ async def test_small_endpoints(sim_server: StartServer) -> None:
         info = (await http.get("/get_server_info")).json()
         assert info["block_size"] == 16 and info["num_gpu_blocks"] == 256
         assert info["served_model_name"] == running.model
+        assert (await http.get("/server_info")).json() == info
+        for path in ("/model_info", "/get_model_info"):
+            model_info = (await http.get(path)).json()
+            assert model_info["model_path"] == running.model
+            assert model_info["is_generation"] is True
         tokens = (await http.post("/tokenize", json={"prompt": "the river flows"})).json()
         assert tokens["count"] == 3
         text = (await http.post("/detokenize", json={"tokens": [81, 82, 6401]})).json()

@@ -137,7 +137,11 @@ class SimServer:
             Route("/v1/load_lora_adapter", self.load_lora, methods=["POST"]),
             Route("/v1/unload_lora_adapter", self.unload_lora, methods=["POST"]),
             Route("/reset_prefix_cache", self.reset_prefix_cache, methods=["POST"]),
+            # SGLang's router asks for these first (new names, then the deprecated get_*).
             Route("/get_server_info", self.server_info, methods=["GET"]),
+            Route("/server_info", self.server_info, methods=["GET"]),
+            Route("/get_model_info", self.model_info, methods=["GET"]),
+            Route("/model_info", self.model_info, methods=["GET"]),
         ]
 
     @contextlib.asynccontextmanager
@@ -402,6 +406,19 @@ class SimServer:
                 fmt.APIError(409, "Cannot reset the prefix cache while requests are running.")
             )
         return Response(status_code=200)
+
+    async def model_info(self, request: Request) -> Response:
+        """SGLang's model-info shape, so routers that read it need no special case."""
+        return _json(
+            {
+                "model_path": self.model_name,
+                "tokenizer_path": self.options.tokenizer_path,
+                "is_generation": True,
+                "preferred_sampling_params": None,
+                "weight_version": "default",
+                "max_model_len": self.max_model_len,
+            }
+        )
 
     async def server_info(self, request: Request) -> Response:
         config = self.engine.config
