@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sluice.governance.ledger.record import prompt_hash, prompt_text, sampling
+from sluice.api.context import RequestContext
+from sluice.governance.config import GovernanceConfig
+from sluice.governance.gateway import Ledger
+from sluice.governance.ledger.record import AuditRecord, prompt_hash, prompt_text, sampling
 from sluice.governance.prices import Prices, cost
 from sluice.governance.redact import redact
 from sluice.governance.registry import ModelEntry, Registry
@@ -69,3 +72,20 @@ def test_redaction_removes_personal_data_and_secrets() -> None:
         assert secret not in out
     assert "[EMAIL]" in out and "[CARD]" in out and "[PHONE]" in out and "[SECRET]" in out
     assert redact("order 1234 shipped") == "order 1234 shipped"
+
+
+def test_the_gateway_builds_every_audit_column_and_nothing_else() -> None:
+    ctx = RequestContext(
+        request_id="r1",
+        path="/v1/chat/completions",
+        headers={},
+        client=None,
+        started=0.0,
+        started_wall=1.0,
+        body={"messages": [{"role": "user", "content": "hi"}], "temperature": 0.1},
+        model="m",
+    )
+    ledger = Ledger(None, GovernanceConfig(), Registry([]), None)  # type: ignore[arg-type]
+    row = ledger.record(ctx)
+    assert list(row) == list(AuditRecord(request_id="r1", ts=1.0, status=0).row())
+    assert row["sampling"] == {"temperature": 0.1} and len(row["prompt_hash"]) == 64

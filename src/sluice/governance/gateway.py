@@ -18,7 +18,7 @@ from sluice.api.context import RequestContext
 from sluice.config import ModelConfig
 from sluice.governance.config import GovernanceConfig
 from sluice.governance.db import Database, database_for
-from sluice.governance.ledger import AuditRecord, AuditWriter, prompt_hash, sampling
+from sluice.governance.ledger import AuditWriter, prompt_hash, sampling
 from sluice.governance.ledger import metrics as ledger_metrics
 from sluice.governance.ledger import process as writer_process
 from sluice.governance.ledger.record import prompt_text
@@ -145,7 +145,7 @@ class Ledger:
         if self.writer is not None:
             self.writer.submit(self.record(ctx))
 
-    def record(self, ctx: RequestContext) -> AuditRecord:
+    def record(self, ctx: RequestContext) -> dict[str, Any]:
         decision = ctx.decision
         served = getattr(decision, "upstream_model", None) or ctx.model
         entry = self.registry.get(served) or self.registry.get(ctx.model)
@@ -160,41 +160,42 @@ class Ledger:
         store = ctx.tenant is not None and ctx.tenant in self._store_text
         response_text = ctx.extra.get("response_text")
         wait = ctx.extra.get("admission.queue_wait_s")
-        return AuditRecord(
-            request_id=ctx.request_id,
-            ts=ctx.started_wall or time.time(),
-            status=ctx.status,
-            tenant=ctx.tenant,
-            user=ctx.user,
-            key_id=ctx.api_key_id,
-            model_requested=ctx.model,
-            model_served=served if ctx.endpoint is not None else None,
-            model_version=entry.version if entry else None,
-            weights_digest=entry.weights_digest if entry else None,
-            adapter=ctx.facts.adapter if ctx.facts is not None else None,
-            endpoint=ctx.endpoint.id if ctx.endpoint is not None else None,
-            routing_reason=decision.explain() if decision is not None else ctx.error,
-            prompt_hash=prompt_hash(body) if body else None,
-            sampling=sampling(body) or None,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cached_tokens=usage.cached_tokens,
-            ttft_ms=None if ctx.ttft is None else ctx.ttft * 1000,
-            e2e_ms=None if ctx.e2e is None else ctx.e2e * 1000,
-            queue_ms=None if wait is None else wait * 1000,
-            finish_reason=ctx.extra.get("finish_reason") or _finish(ctx),
-            guardrails=ctx.extra.get("guardrails"),
-            cost_usd=cost(
+        # The row as a plain dict (the columns of ``AuditRecord``): no record object per request.
+        return {
+            "request_id": ctx.request_id,
+            "ts": ctx.started_wall or time.time(),
+            "status": ctx.status,
+            "tenant": ctx.tenant,
+            "user": ctx.user,
+            "key_id": ctx.api_key_id,
+            "model_requested": ctx.model,
+            "model_served": served if ctx.endpoint is not None else None,
+            "model_version": entry.version if entry else None,
+            "weights_digest": entry.weights_digest if entry else None,
+            "adapter": ctx.facts.adapter if ctx.facts is not None else None,
+            "endpoint": ctx.endpoint.id if ctx.endpoint is not None else None,
+            "routing_reason": decision.explain() if decision is not None else ctx.error,
+            "prompt_hash": prompt_hash(body) if body else None,
+            "sampling": sampling(body) or None,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "cached_tokens": usage.cached_tokens,
+            "ttft_ms": None if ctx.ttft is None else ctx.ttft * 1000,
+            "e2e_ms": None if ctx.e2e is None else ctx.e2e * 1000,
+            "queue_ms": None if wait is None else wait * 1000,
+            "finish_reason": ctx.extra.get("finish_reason") or _finish(ctx),
+            "guardrails": ctx.extra.get("guardrails"),
+            "cost_usd": cost(
                 entry.prices if entry else None,
                 prompt_tokens,
                 completion_tokens,
                 usage.cached_tokens,
             ),
-            prompt_text=redact(prompt_text(body)) if store and body else None,
-            response_text=redact(response_text)
+            "prompt_text": redact(prompt_text(body)) if store and body else None,
+            "response_text": redact(response_text)
             if store and isinstance(response_text, str)
             else None,
-        )
+        }
 
 
 def _finish(ctx: RequestContext) -> str | None:
