@@ -92,6 +92,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
+def core0_ticks() -> list[int]:
+    """Core 0's time counters from /proc/stat (user nice system idle iowait irq softirq ...)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu0 "):
+            return [int(x) for x in line.split()[1:]]
+    return []
+
+
+def core0_share(before: list[int], after: list[int], gateway_s: float) -> str:
+    """How core 0 was spent during a run: the gateway process's share, the network stack's
+    softirq share (loopback packets; partly inside the process's own system time, so the two
+    may add up to more than 100 %), idle. A gateway share well below 100 % with little idle
+    means other work crowded it out."""
+    if not before or not after:
+        return "n/a"
+    delta = [b - a for a, b in zip(before, after, strict=False)]
+    total = sum(delta[:8]) or 1
+    gateway = gateway_s * TICK / total
+    softirq = delta[6] / total
+    idle = (delta[3] + delta[4]) / total
+    return f"{gateway:.0%} / {softirq:.0%} / {idle:.0%}"
+
+
 def load_average() -> str:
     """1, 5 and 15 minute load averages: how busy the machine was around the run."""
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -211,9 +234,9 @@ def main() -> None:
         print(
             "| mode | conns | direct req/s | gateway req/s | direct p50 | gateway p50 | added p50 "
             "| direct p99 | gateway p99 | added p99 | gw CPU µs/req | req/s per gw CPU-second "
-            "| gw RSS MB (peak) | errors direct/gw |"
+            "| gw RSS MB (peak) | errors direct/gw | core 0: gw / softirq / idle |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         ports = {"json": json_port, "sse": sse_port}
         for mode in ("json", "sse"):
             # Warm the gateway's connection pool and code paths.
@@ -224,11 +247,13 @@ def main() -> None:
                     scripts[mode], c, args.duration,
                 )  # fmt: skip
                 before = cpu_seconds(gateway.pid)
+                core_before = core0_ticks()
                 through = wrk(
                     f"http://127.0.0.1:{gw_port}/v1/chat/completions",
                     scripts[mode], c, args.duration,
                 )  # fmt: skip
                 used = cpu_seconds(gateway.pid) - before
+                core = core0_share(core_before, core0_ticks(), used)
                 rss, peak = rss_mb(gateway.pid)
                 print(
                     f"| {mode} | {c} | {direct.rps:,.0f} | {through.rps:,.0f} "
@@ -238,7 +263,7 @@ def main() -> None:
                     f"| {through.p99_ms - direct.p99_ms:+.3f} ms "
                     f"| {used * 1e6 / max(1, through.requests):.0f} "
                     f"| {through.requests / max(used, 1e-9):,.0f} "
-                    f"| {rss:.0f} ({peak:.0f}) | {direct.errors}/{through.errors} |",
+                    f"| {rss:.0f} ({peak:.0f}) | {direct.errors}/{through.errors} | {core} |",
                     flush=True,
                 )
         if args.floor:
