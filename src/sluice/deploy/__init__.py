@@ -1,1 +1,0 @@
-"""Deployment: Kubernetes manifests, dashboards and alert rules."""
