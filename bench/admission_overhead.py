@@ -1,10 +1,10 @@
 """Admission overhead, in-process and with Redis (micro-benchmark, no HTTP).
 
 Times one request's whole admission path as the gateway runs it: authenticate a cached API key
-(parse, cache hit, HMAC, constant-time compare), check the model, resolve the priority, build the
-limit plan (key, user, tenant, model, global) and reserve it; then, separately, settle and build +
-journal the audit row. Backends: in-process limits, and Redis (one Lua call to reserve, one to
-settle), next to a bare Redis PING for the round-trip floor.
+(a verified-credential cache hit: one dict lookup by the header value), check the model, resolve
+the priority, build the limit plan (key, user, tenant, model, global) and reserve it; then,
+separately, settle and build + journal the audit row. Backends: in-process limits, and Redis (one
+Lua call to reserve, one to settle), next to a bare Redis PING for the round-trip floor.
 
     .venv/bin/python bench/admission_overhead.py [--n 20000] [--redis redis://127.0.0.1:6379/0]
 """
