@@ -300,6 +300,19 @@ class Mirror:
 @given(st.lists(operation, max_size=40), st.sampled_from(["fcfs", "priority"]))
 @example(PRESSURE, "fcfs")
 @example(PRESSURE, "priority")
+# Found by hypothesis: a step that preempts but schedules nothing must still refresh KV usage.
+@example(
+    [
+        ("add", 0, 1, 1, False, None, 0),
+        ("add", 0, 1, 1, False, None, 0),
+        ("add", 0, 1, 13, False, "bd", 0),
+        ("add", 0, 8, 22, False, None, 1),
+        ("add", 0, 22, 9, False, "ad", 0),
+        ("add", 1, 1, 19, False, None, 0),
+        ("add", 1, 20, 3, False, "ad", 0),
+    ],
+    "priority",
+)
 def test_kv_events_exactly_mirror_the_pool(ops: list[tuple], policy: str) -> None:
     mirror = Mirror()
     engine = small_engine(policy, True, mirror.apply)

@@ -283,7 +283,9 @@ class Engine:
             batch = sched.schedule(self.now)
         outputs, self._aborted = self._aborted, []
         if not batch.seqs:
+            # Scheduling may still have preempted or aborted (blocks freed): gauges must follow.
             self._flush_events()
+            self._refresh_gauges()
             return StepOutput(self.now - start, outputs)
         busy = self.latency.step_time(batch.num_tokens, batch.context_tokens, batch.attention_work)
         return self._finish_step(start, busy, batch.seqs, outputs, batch.num_tokens, False)
