@@ -16,11 +16,11 @@ from typing import Any
 
 import orjson
 import structlog
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from sluice.governance.migrations import HEAD_REVISION
 
 log = structlog.get_logger("sluice.governance.db")
 
@@ -62,22 +62,35 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def alembic_config() -> Config:
+def alembic_config() -> Any:
+    from alembic.config import Config  # imported only when a migration may be due
+
     cfg = Config()
     cfg.set_main_option("script_location", "sluice.governance:migrations")
     return cfg
 
 
+def current_revision(conn: Connection) -> str | None:
+    """The schema's Alembic revision, or None for a database never migrated."""
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+
+
+def _upgrade(conn: Connection, revision: str) -> None:
+    if revision == "head" and current_revision(conn) == HEAD_REVISION:
+        return  # already current: no Alembic import on the common restart path
+    from alembic import command
+
+    cfg = alembic_config()
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, revision)
+
+
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (safe to call from several processes at startup)."""
-
-    def _upgrade(conn: Connection) -> None:
-        cfg = alembic_config()
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-
     async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+        await conn.run_sync(_upgrade, revision)
 
 
 class Database:
@@ -123,14 +136,12 @@ async def migrate_locked(engine: AsyncEngine, url: str) -> None:
     """``migrate`` under a cross-process lock (several replicas may start at once)."""
     if engine.dialect.name == "postgresql":
 
-        def _upgrade(conn: Connection) -> None:
+        def _locked_upgrade(conn: Connection) -> None:
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7311520)")
-            cfg = alembic_config()
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            _upgrade(conn, "head")
 
         async with engine.begin() as conn:
-            await conn.run_sync(_upgrade)
+            await conn.run_sync(_locked_upgrade)
         return
     path = normalise_url(url).split("///", 1)[-1]
     if not path or path.startswith(":memory:"):
