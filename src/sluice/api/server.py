@@ -12,6 +12,7 @@ import uvicorn
 
 from sluice.api.app import build_app
 from sluice.api.gateway import Gateway
+from sluice.api.http_protocol import HeldHeadProtocol
 from sluice.config import SluiceConfig
 
 
@@ -21,7 +22,8 @@ def uvicorn_config(app: Any, config: SluiceConfig) -> uvicorn.Config:
         host=config.server.host,
         port=config.server.port,
         loop="uvloop",
-        http="httptools",
+        # httptools, writing each response's head with its first body part (one syscall fewer).
+        http=HeldHeadProtocol,
         lifespan="on",
         access_log=False,  # the gateway writes its own line per request
         proxy_headers=False,  # X-Forwarded-* is not trusted by default (and costs per request)

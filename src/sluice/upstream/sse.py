@@ -56,9 +56,12 @@ class StreamTap:
         at = complete.rfind(_FINISH_KEY)
         if at >= 0:
             self._finish_at(complete, at + len(_FINISH_KEY))
-        if _USAGE_KEY not in complete:
+        # One backward search: the usage chunk, when there is one, is at the batch's end, and
+        # its position is what ``_scan`` needs (a forward ``in`` would read the whole batch).
+        at = complete.rfind(_USAGE_KEY)
+        if at < 0:
             return complete
-        return self._scan(complete)
+        return self._scan(complete, at)
 
     def tokens_seen(self, chat: bool) -> int:
         """Tokens produced so far, for a stream cut short before its usage report: one per event,
@@ -82,14 +85,15 @@ class StreamTap:
             at = rest.rfind(_FINISH_KEY)
             if at >= 0:
                 self._finish_at(rest, at + len(_FINISH_KEY))
-        if rest and _USAGE_KEY in rest:
-            return self._scan(rest)
+        at = rest.rfind(_USAGE_KEY) if rest else -1
+        if at >= 0:
+            return self._scan(rest, at)
         return rest
 
-    def _scan(self, complete: bytes) -> bytes:
-        # Only the last event that carries usage matters: the final totals (with
-        # continuous_usage_stats every chunk has running totals; the last one is complete).
-        at = complete.rfind(_USAGE_KEY)
+    def _scan(self, complete: bytes, at: int) -> bytes:
+        # Only the last event that carries usage matters (``at``, the last ``"usage"``): the
+        # final totals (with continuous_usage_stats every chunk has running totals; the last
+        # one is complete).
         start = complete.rfind(_EVENT_END, 0, at)
         start = 0 if start < 0 else start + 2
         end = complete.find(_EVENT_END, at)
