@@ -111,6 +111,8 @@ def _run_one(args: argparse.Namespace, spec: str, workload: list, log_dir: Path)
             stop(proc)
     summary = summarize(result.records, prefix_hit_rate=result.prefix_hit_rate)
     summary.extra.update(wall_time_s=wall, time_scale=args.time_scale)
+    if result.kv_usage_mean is not None:
+        summary.extra["kv_usage_mean"] = result.kv_usage_mean
     errors = sorted({r.error for r in result.records if not r.ok})[:3]
     return {
         "router": spec,

@@ -1,6 +1,6 @@
 import json
 
-from sluice.bench.engine_metrics import HITS, QUERIES, RUNNING, WAITING, parse_sums
+from sluice.bench.engine_metrics import HITS, KV_USAGE, QUERIES, RUNNING, WAITING, parse_sums
 from sluice.bench.metrics import RequestRecord, summarize
 from sluice.bench.report import RunReport, markdown_table, write_all
 
@@ -13,13 +13,14 @@ vllm:prefix_cache_hits_total{engine="1",model_name="m"} 100.0
 vllm:num_requests_running{engine="0",model_name="m"} 3.0
 vllm:num_requests_waiting{engine="0",model_name="m"} 2.0
 vllm:num_requests_waiting_by_reason{engine="0"} 9.0
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.75
 """
 
 
 def test_parse_sums_adds_label_sets_and_ignores_other_series():
     sums = parse_sums(PROM)
-    assert sums == {QUERIES: 1200.0, HITS: 400.0, RUNNING: 3.0, WAITING: 2.0}
-    assert parse_sums("") == {QUERIES: 0.0, HITS: 0.0, RUNNING: 0.0, WAITING: 0.0}
+    assert sums == {QUERIES: 1200.0, HITS: 400.0, RUNNING: 3.0, WAITING: 2.0, KV_USAGE: 0.75}
+    assert parse_sums("") == dict.fromkeys((QUERIES, HITS, RUNNING, WAITING, KV_USAGE), 0.0)
 
 
 def _records():
@@ -37,7 +38,9 @@ def test_markdown_table_rows():
     lines = table.strip().splitlines()
     assert len(lines) == 4 and lines[0].startswith("| run |")
     assert "| rr | 20/20 | 0.100 | 0.100 | 10.0 |" in lines[2]
-    assert lines[2].endswith("| 100% | 50.0% |")
+    assert lines[2].endswith("| 100% | 50.0% | – |")
+    s.extra["kv_usage_mean"] = 0.734
+    assert markdown_table([("rr", s)]).strip().splitlines()[2].endswith("| 50.0% | 0.73 |")
 
 
 def test_write_all_produces_json_markdown_and_plots(tmp_path):

@@ -10,11 +10,14 @@ QUERIES = "vllm:prefix_cache_queries_total"
 HITS = "vllm:prefix_cache_hits_total"
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
+KV_USAGE = "vllm:kv_cache_usage_perc"
+
+SERIES = (QUERIES, HITS, RUNNING, WAITING, KV_USAGE)
 
 _LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
 
-def parse_sums(text: str, names: tuple[str, ...] = (QUERIES, HITS, RUNNING, WAITING)) -> dict:
+def parse_sums(text: str, names: tuple[str, ...] = SERIES) -> dict:
     """Sum of each named series over all its label sets (engines, models)."""
     wanted = set(names)
     sums = dict.fromkeys(names, 0.0)

@@ -40,6 +40,7 @@ COLUMNS = (
     "goodput (req/s)",
     "SLO met",
     "prefix hit",
+    "KV usage",
 )
 
 
@@ -56,6 +57,7 @@ def summary_row(label: str, s: Summary) -> list[str]:
         _num(s.slo_attainment * 100 if s.slo_attainment == s.slo_attainment else None, ".0f") + "%",
         _num(None if s.prefix_hit_rate is None else s.prefix_hit_rate * 100, ".1f")
         + ("%" if s.prefix_hit_rate is not None else ""),
+        _num(s.extra.get("kv_usage_mean"), ".2f"),
     ]
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
-from sluice.bench.engine_metrics import HITS, QUERIES, RUNNING, WAITING, scrape
+from sluice.bench.engine_metrics import HITS, KV_USAGE, QUERIES, RUNNING, WAITING, scrape
 from sluice.bench.metrics import RequestRecord, counter_delta, hit_rate
 from sluice.bench.workloads.base import WorkloadRequest
 from sluice.sim.tokenizer import WordTokenizer
@@ -42,6 +42,7 @@ class HttpRunResult:
     records: list[RequestRecord]
     prefix_hit_rate: float | None
     load_series: list[tuple[float, list[float]]] = field(default_factory=list)
+    kv_usage_mean: float | None = None  # engines' mean KV usage while busy
     wall_time: float = 0.0
     engine_deltas: dict[str, float] = field(default_factory=dict)
 
@@ -177,15 +178,18 @@ async def run_http(
         done_events: dict[str, asyncio.Event] = {}
         records: list[RequestRecord] = []
         load_series: list[tuple[float, list[float]]] = []
+        kv_samples: list[float] = []
         tasks: list[asyncio.Task[None]] = []
         stop = asyncio.Event()
 
         async def sample_load() -> None:
             while not stop.is_set():
                 snap = await asyncio.gather(*(scrape(session, u) for u in opts.engine_urls))
-                load_series.append(
-                    (clock.sim(), [s.get(RUNNING, 0.0) + s.get(WAITING, 0.0) for s in snap])
-                )
+                loads = [s.get(RUNNING, 0.0) + s.get(WAITING, 0.0) for s in snap]
+                load_series.append((clock.sim(), loads))
+                # KV usage while an engine has work: the load level a run was made at.
+                busy = zip(snap, loads, strict=True)
+                kv_samples.extend(s[KV_USAGE] for s, n in busy if n and KV_USAGE in s)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), opts.scrape_interval)
 
@@ -218,6 +222,7 @@ async def run_http(
         if opts.engine_urls
         else None,
         load_series=load_series,
+        kv_usage_mean=sum(kv_samples) / len(kv_samples) if kv_samples else None,
         wall_time=time.perf_counter() - wall0,
         engine_deltas=delta,
     )
