@@ -1,5 +1,5 @@
 """Governance inside the gateway: registry metadata in /v1/models and one audit row per request
-(built in the settle hook, written by the batched writer off the request path).
+(journaled in the settle hook as a compact row, expanded and inserted off the request path).
 
 Installed by ``sluice.api.extensions``.
 """
@@ -12,17 +12,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import structlog
 
 from sluice.api.context import RequestContext
 from sluice.config import ModelConfig
 from sluice.governance.config import GovernanceConfig
 from sluice.governance.db import Database, database_for
-from sluice.governance.ledger import AuditWriter, prompt_hash, sampling
+from sluice.governance.ledger import AuditWriter, prompt_hash, raw
 from sluice.governance.ledger import metrics as ledger_metrics
 from sluice.governance.ledger import process as writer_process
 from sluice.governance.ledger.record import prompt_text
-from sluice.governance.prices import cost
 from sluice.governance.redact import redact
 from sluice.governance.registry import Registry
 from sluice.governance.streamed import streamed_usage
@@ -98,6 +98,7 @@ class Ledger:
         self.writer: AuditWriter | None = None
         self._process: subprocess.Popen[str] | None = None
         self._store_text = frozenset(cfg.store_text_tenants)
+        self._models = raw.models_from_header(orjson.loads(raw.header(registry.entries())))
 
     async def start(self) -> None:
         led = self.cfg.ledger
@@ -110,6 +111,7 @@ class Ledger:
             max_queue=led.max_queue,
             replay_interval=led.replay_interval_s,
             inline=inline,
+            header=raw.header(self.registry.entries()),
         )
         if not inline:
             # Started before the journal: it replays what a previous (dead) gateway left.
@@ -143,12 +145,11 @@ class Ledger:
 
     async def settle(self, ctx: RequestContext) -> None:
         if self.writer is not None:
-            self.writer.submit(self.record(ctx))
+            self.writer.submit_raw(self.raw_row(ctx))
 
-    def record(self, ctx: RequestContext) -> dict[str, Any]:
-        decision = ctx.decision
-        served = getattr(decision, "upstream_model", None) or ctx.model
-        entry = self.registry.get(served) or self.registry.get(ctx.model)
+    def raw_row(self, ctx: RequestContext) -> list[Any]:
+        """The compact journal row (``ledger/raw.py``): only what is at hand now; the writer
+        computes the rest (served model, version, digest, routing explanation, cost)."""
         usage = ctx.usage
         prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
         if not usage.known and ctx.first_byte_at is not None:
@@ -156,51 +157,66 @@ class Ledger:
             seen = streamed_usage(ctx)
             if seen is not None:
                 prompt_tokens, completion_tokens = seen
-        body: dict[str, Any] = ctx.body
-        store = ctx.tenant is not None and ctx.tenant in self._store_text
-        response_text = ctx.extra.get("response_text")
-        wait = ctx.extra.get("admission.queue_wait_s")
-        # The row as a plain dict (the columns of ``AuditRecord``): no record object per request.
-        return {
-            "request_id": ctx.request_id,
-            "ts": ctx.started_wall or time.time(),
-            "status": ctx.status,
-            "tenant": ctx.tenant,
-            "user": ctx.user,
-            "key_id": ctx.api_key_id,
-            "model_requested": ctx.model,
-            "model_served": served if ctx.endpoint is not None else None,
-            "model_version": entry.version if entry else None,
-            "weights_digest": entry.weights_digest if entry else None,
-            "adapter": ctx.facts.adapter if ctx.facts is not None else None,
-            "endpoint": ctx.endpoint.id if ctx.endpoint is not None else None,
-            "routing_reason": decision.explain() if decision is not None else ctx.error,
-            "prompt_hash": prompt_hash(body) if body else None,
-            "sampling": sampling(body) or None,
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "cached_tokens": usage.cached_tokens,
-            "ttft_ms": None if ctx.ttft is None else ctx.ttft * 1000,
-            "e2e_ms": None if ctx.e2e is None else ctx.e2e * 1000,
-            "queue_ms": None if wait is None else wait * 1000,
-            "finish_reason": ctx.extra.get("finish_reason") or _finish(ctx),
-            "guardrails": ctx.extra.get("guardrails"),
-            "cost_usd": cost(
-                entry.prices if entry else None,
-                prompt_tokens,
-                completion_tokens,
-                usage.cached_tokens,
-            ),
-            "prompt_text": redact(prompt_text(body)) if store and body else None,
-            "response_text": redact(response_text)
-            if store and isinstance(response_text, str)
-            else None,
-        }
+        decision = ctx.decision
+        if decision is None:
+            route = upstream = None
+        else:
+            route = (
+                decision.endpoint.id,
+                decision.reason,
+                decision.scores,
+                decision.pool,
+                decision.cached_tokens,
+                decision.load_adapter,
+            )
+            upstream = decision.upstream_model
+        endpoint = ctx.endpoint
+        facts = ctx.facts
+        body = ctx.body
+        extra = ctx.extra
+        started = ctx.started
+        first, finished = ctx.first_byte_at, ctx.finished_at
+        prompt = response = None
+        if self._store_text and ctx.tenant in self._store_text and body:
+            prompt = redact(prompt_text(body))
+            text = extra.get("response_text")
+            response = redact(text) if isinstance(text, str) else None
+        return [
+            raw.RAW_TAG,
+            ctx.request_id,
+            ctx.started_wall or time.time(),
+            ctx.status,
+            ctx.tenant,
+            ctx.user,
+            ctx.api_key_id,
+            ctx.model,
+            upstream,
+            facts.adapter if facts is not None else None,
+            endpoint.id if endpoint is not None else None,
+            route,
+            ctx.error,
+            prompt_hash(body) if body else None,
+            # The sampling parameters in the request's own order (the writer orders them).
+            {k: v for k, v in body.items() if k in _SAMPLING} if body else None,
+            prompt_tokens,
+            completion_tokens,
+            usage.cached_tokens,
+            None if first is None else first - started,
+            None if finished is None else finished - started,
+            extra.get(_QUEUE_WAIT),
+            extra.get("finish_reason"),
+            ctx.outcome,
+            extra.get("guardrails"),
+            prompt,
+            response,
+        ]
+
+    def record(self, ctx: RequestContext) -> dict[str, Any]:
+        """The audit row of ``ctx`` as the writer will insert it (its compact row, expanded)."""
+        return raw.expand(self.raw_row(ctx), self._models)
 
 
-def _finish(ctx: RequestContext) -> str | None:
-    if ctx.outcome == "cancelled":
-        return "cancelled"
-    if ctx.outcome in ("rejected", "upstream_error"):
-        return "error"
-    return None
+_SAMPLING = raw.SAMPLING_KEYS
+_QUEUE_WAIT = "admission.queue_wait_s"
+
+

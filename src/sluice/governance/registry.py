@@ -56,6 +56,9 @@ class Registry:
     def get(self, name: str) -> ModelEntry | None:
         return self._entries.get(name)
 
+    def entries(self) -> list[ModelEntry]:
+        return list(self._entries.values())
+
     def names(self) -> list[str]:
         return list(self._entries)
 

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from sluice.governance.db import make_engine
+from sluice.governance.db import make_engine, normalise_url
 from sluice.governance.ledger.writer import AuditWriter
 
 READY = "ready"
@@ -40,7 +40,9 @@ async def serve(
 ) -> None:
     stop = stop or asyncio.Event()
     engine = make_engine(database_url)
-    writer = AuditWriter(engine, spill_dir, replay_interval=retry)
+    writer = AuditWriter(
+        engine, spill_dir, replay_interval=retry, sqlite_path=sqlite_file(database_url)
+    )
     writer.log_replays = False  # every pass is a replay here; the gateway's metrics show lag
     spill_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -55,7 +57,18 @@ async def serve(
                     await stop.wait()
         await writer.replay()  # the last segments the gateway sealed on its way out
     finally:
+        writer.close_sqlite()
         await engine.dispose()
+
+
+def sqlite_file(database_url: str) -> str | None:
+    """The database file of a SQLite URL (inserted with the stdlib driver), else None."""
+    url = normalise_url(database_url)
+    prefix = "sqlite+aiosqlite:///"
+    if not url.startswith(prefix):
+        return None
+    path = url.removeprefix(prefix).split("?", 1)[0]
+    return None if path in ("", ":memory:") else path
 
 
 def spawn(database_url: str, spill_dir: Path, poll: float, retry: float) -> subprocess.Popen[str]:

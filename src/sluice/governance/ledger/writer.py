@@ -8,6 +8,10 @@ down, the segment stays on disk (a spill) and is replayed, with every other uncl
 the spill directory, once the database answers again. Inserts ignore duplicate request ids, so a
 replay after a crash between commit and delete is harmless.
 
+The gateway journals compact rows (``submit_raw``, see ``raw.py``): what it knows at settle, with
+the registry in each segment's header; whoever inserts expands them into audit rows (the version,
+digest, cost and routing explanation are computed there, not on the request path).
+
 With ``inline=False`` (``governance.ledger.writer: process``) this process only journals: ``submit``
 is an encode and a memory copy, and every ``flush_interval`` the current segment is sealed (its
 lock released) for a separate writer process (``ledger/process.py``) that inserts unlocked
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +32,7 @@ import orjson
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from sluice.governance.ledger import journal
+from sluice.governance.ledger import journal, raw
 from sluice.governance.ledger.metrics import (
     DB_UP,
     LAG,
@@ -41,7 +46,6 @@ from sluice.governance.ledger.record import AuditRecord
 from sluice.governance.ledger.schema import COLUMNS
 
 log = structlog.get_logger("sluice.governance.ledger")
-_JSON_INDEXES = tuple(i for i, c in enumerate(COLUMNS) if c in ("sampling", "guardrails"))
 
 
 class AuditWriter:
@@ -56,8 +60,13 @@ class AuditWriter:
         max_queue: int = 10_000,
         replay_interval: float = 2.0,
         inline: bool = True,
+        header: bytes = b"",
+        sqlite_path: str | None = None,
     ) -> None:
         self._engine = engine
+        # The first line of every segment (the registry compact rows are expanded with).
+        self._header = header
+        self._models = raw.models_from_header(orjson.loads(header)) if header else {}
         self._inline = inline
         self._dir = Path(spill_dir)
         self._batch_size = batch_size
@@ -76,6 +85,9 @@ class AuditWriter:
         self._next_replay = 0.0
         self._closing = False
         self._insert_sql: str | None = None
+        # Insert with the stdlib sqlite3 driver into this file instead of through the engine.
+        self._sqlite_path = sqlite_path
+        self._sqlite: sqlite3.Connection | None = None
 
     # -- request path -------------------------------------------------------------------------
 
@@ -85,6 +97,9 @@ class AuditWriter:
         if not self._inline:
             self._journal(line)
             return
+        self._append(row, line)
+
+    def _append(self, row: dict[str, Any] | list[Any], line: bytes) -> None:
         seg = self._segment
         if seg is None or not seg.fits(len(line)):
             if seg is not None:  # full: seal it for the writer, start another
@@ -103,6 +118,15 @@ class AuditWriter:
         QUEUE_DEPTH.set(self._queued)
         if seg.count >= self._batch_size:
             self._kick.set()
+
+    def submit_raw(self, row: list[Any]) -> None:
+        """A compact row (``raw.py``): in process mode an encode and a memory copy; expanded into
+        the audit row by whoever inserts it."""
+        line = orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
+        if not self._inline:
+            self._journal(line)
+            return
+        self._append(row, line)
 
     def _journal(self, line: bytes) -> None:
         seg = self._segment
@@ -178,7 +202,8 @@ class AuditWriter:
     def _open_segment(self, need: int = 0) -> journal.Segment:
         self._n += 1
         name = f"audit-{os.getpid()}-{time.time_ns()}-{self._n}.jsonl"
-        return journal.Segment(self._dir / name, max(journal.SEGMENT_BYTES, need))
+        size = max(journal.SEGMENT_BYTES, need + len(self._header))
+        return journal.Segment(self._dir / name, size, self._header)
 
     async def flush(self) -> None:
         """Seal the current segment and commit every sealed one (or keep it on disk, a spill)."""
@@ -196,10 +221,16 @@ class AuditWriter:
                 await self._commit(seg)
 
     async def _commit(self, seg: journal.Segment) -> None:
-        rows = seg.rows if seg.complete else journal.read_rows(seg.path)
         if seg.complete:
+            models = self._models
+            rows = [
+                raw.row_params(r) if isinstance(r, dict) else raw.values(r, models, True)
+                for r in seg.rows
+            ]
             self._queued -= len(rows)
             QUEUE_DEPTH.set(self._queued)
+        else:
+            rows = journal.read_params(seg.path)
         if not self._db_ok and time.monotonic() < self._next_replay:
             self._spill(seg, "database")
             return
@@ -228,7 +259,7 @@ class AuditWriter:
         remaining = 0
         for path, fd in list(journal.claim_unlocked(self._dir)):
             try:
-                rows = journal.read_rows(path)
+                rows = journal.read_params(path)
                 try:
                     await self._insert(rows)
                 except Exception as exc:
@@ -248,26 +279,47 @@ class AuditWriter:
             log.info("audit rows replayed from spill files", rows=total)
         return total
 
-    async def _insert(self, rows: list[dict[str, Any]]) -> None:
+    async def _insert(self, params: list[tuple[Any, ...]]) -> None:
         """One transaction; plain DBAPI ``executemany`` (SQLAlchemy's per-row parameter
-        processing costs more than the insert itself); duplicate request ids are skipped."""
-        if not rows:
+        processing costs more than the insert itself) of rows already in column order
+        (``raw.values``/``raw.row_params``); duplicate request ids are skipped."""
+        if not params:
+            return
+        if self._sqlite_path is not None:
+            self._insert_sqlite(params)
             return
         sql = self._sql()
-        params = []
-        for row in rows:
-            values = [row.get(c) for c in COLUMNS]
-            for i in _JSON_INDEXES:
-                if values[i] is not None:
-                    values[i] = orjson.dumps(values[i]).decode()
-            params.append(tuple(values))
         async with self._engine.begin() as conn:
             for i in range(0, len(params), self._batch_size):
                 await conn.exec_driver_sql(sql, params[i : i + self._batch_size])
 
+    def _insert_sqlite(self, params: list[tuple[Any, ...]]) -> None:
+        """The writer process on SQLite: the stdlib driver, synchronously (this process does
+        nothing else; no thread hop and no SQLAlchemy per batch)."""
+        con = self._sqlite
+        if con is None:
+            con = sqlite3.connect(self._sqlite_path or "", timeout=5.0, check_same_thread=False)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            self._sqlite = con
+        sql = self._sql()
+        try:
+            with con:  # one transaction: commit, or roll back on error
+                for i in range(0, len(params), self._batch_size):
+                    con.executemany(sql, params[i : i + self._batch_size])
+        except Exception:
+            self._sqlite = None
+            con.close()
+            raise
+
+    def close_sqlite(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.close()
+            self._sqlite = None
+
     def _sql(self) -> str:
         if self._insert_sql is None:
-            style = self._engine.dialect.paramstyle
+            style = "qmark" if self._sqlite_path else self._engine.dialect.paramstyle
             marks = [f"${i + 1}" if style == "numeric_dollar" else "?" for i in range(len(COLUMNS))]
             if style not in ("numeric_dollar", "qmark"):
                 raise RuntimeError(f"unsupported DBAPI paramstyle {style!r}")
