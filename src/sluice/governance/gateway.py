@@ -218,5 +218,3 @@ class Ledger:
 
 _SAMPLING = raw.SAMPLING_KEYS
 _QUEUE_WAIT = "admission.queue_wait_s"
-
-
