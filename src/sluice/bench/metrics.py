@@ -96,6 +96,40 @@ class LogHistogram:
         idx = math.floor(math.log(value) / self._log_base)
         self.counts[idx] = self.counts.get(idx, 0) + count
 
+    def add_steps(self, start: float, ends: Sequence[float], count: int) -> None:
+        """``add(end - previous, count)`` for each of ``ends`` in turn, ``previous`` being
+        ``start`` and then the last end: the gaps of a run of back-to-back steps.
+
+        Consecutive steps mostly fall in the same bucket, so the logarithm is only taken for a
+        gap outside the last bucket's range, shrunk by 1e-9 (far wider than the rounding of
+        ``log``), so every gap lands where ``add`` would put it.
+        """
+        lo = hi = 0.0  # gaps in [lo, hi) belong to bucket idx
+        idx = held = 0
+        prev = start
+        for end in ends:
+            gap = end - prev
+            prev = end
+            if lo <= gap < hi:
+                held += count
+                continue
+            self._hold(idx, held)
+            held = 0
+            if gap <= 0:
+                self.add(gap, count)
+                lo = hi = 0.0
+                continue
+            idx = math.floor(math.log(gap) / self._log_base)
+            lo = self._base**idx * (1 + 1e-9)
+            hi = self._base ** (idx + 1) * (1 - 1e-9)
+            held = count
+        self._hold(idx, held)
+
+    def _hold(self, idx: int, count: int) -> None:
+        if count:
+            self.counts[idx] = self.counts.get(idx, 0) + count
+            self.total += count
+
     def extend(self, values: Iterable[float]) -> None:
         for v in values:
             self.add(v)

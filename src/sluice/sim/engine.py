@@ -15,8 +15,10 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from math import inf
 
 from sluice.sim.block_pool import BlockPool
+from sluice.sim.decode_run import ALLOCATE, DecodeRun, allocations, block_ops
 from sluice.sim.kv_events import KVEvent
 from sluice.sim.latency import LatencyModel
 from sluice.sim.output import FILLER_STEP, OutputPlanner
@@ -35,6 +37,7 @@ from sluice.sim.sequence import Sequence, Status
 from sluice.sim.tokenizer import Tokenizer, WordTokenizer
 
 __all__ = [
+    "DecodeRun",
     "Engine",
     "EngineConfig",
     "EngineStats",
@@ -323,6 +326,88 @@ class Engine:
         self._refresh_gauges()
         return StepOutput(self.now - start, outputs, num_tokens, num_seqs)
 
+    # -- fast-forward over pure decode (decode_run.py) -----------------------------------------
+
+    def plan_decode_run(self) -> DecodeRun | None:
+        """The pure-decode steps ahead, when there are at least two; changes nothing.
+
+        They are the steps the fused decode path would take before the first of: a request
+        producing its last token (that step is not part of the run), a pending request becoming
+        ready, or free blocks falling short of one per request (which could preempt).
+        """
+        context = self._decode_context
+        sched = self.scheduler
+        running = sched.running
+        if (
+            context is None
+            or not self.fast_decode
+            or not running
+            or len(sched.waiting)
+            or self._aborted
+            or len(running) > sched.max_num_batched_tokens
+        ):
+            return None
+        steps = 1 << 62
+        for seq in running:
+            if seq.slow_checks:
+                return None  # stop strings: where it ends is only known token by token
+            steps = min(steps, seq.output_limit - seq.num_output_tokens - 1)
+        if steps < 2:
+            return None
+        n = len(running)
+        bs = self.config.block_size
+        free = self.pool.free_queue.num_free
+        steps = _steps_within_blocks(running, steps, free - n, bs)
+        until = self._pending[0][0] if self._pending else inf
+        ends, busy = self.latency.decode_ends(self.now, n, context, steps, until)
+        if len(ends) < 2:
+            return None
+        seqs = list(running)
+        return DecodeRun(seqs, self.now, context, ends, busy, block_ops(seqs, len(ends), bs), free)
+
+    def advance_decode_run(self, run: DecodeRun, steps: int) -> None:
+        """Apply the first ``steps`` steps of ``run``, planned from the current state, at once.
+
+        The same tokens, blocks, cache entries, stats and clock as ``steps`` calls of ``step()``;
+        KV events reach the sink as one batch.
+        """
+        sched = self.scheduler
+        seqs = run.seqs
+        filler_start = self.planner.filler_start
+        filler_span = self.planner.filler_span
+        for seq in seqs:
+            base = seq.filler_base
+            first = seq.num_output_tokens
+            seq.extend_output(
+                [
+                    filler_start + (base + i * FILLER_STEP) % filler_span
+                    for i in range(first, first + steps)
+                ],
+                self._hashing,
+            )
+            seq.num_output_tokens = first + steps
+        for j, pos, kind in run.ops:
+            if j > steps:
+                break
+            seq = seqs[pos]
+            if kind == ALLOCATE:
+                sched.grow(seq, 1)
+            else:  # a decode step fills one block at a time
+                sched.cache(seq, seq.num_cached_blocks + 1)
+        for seq in seqs:
+            seq.num_computed_tokens = seq.num_tokens - 1  # the newest token is computed next
+        stats = self.stats
+        stats.steps_total += steps
+        busy_total = stats.busy_time_total
+        for busy in run.busy[:steps]:  # one by one, as stepping adds them
+            busy_total += busy
+        stats.busy_time_total = busy_total
+        stats.generation_tokens_total += len(seqs) * steps
+        self.now = run.ends[steps - 1]
+        self._decode_context = run.context + len(seqs) * steps
+        self._flush_events()
+        self._refresh_gauges()
+
     def _admit_ready(self) -> None:
         pending = self._pending
         now = self.now
@@ -448,3 +533,18 @@ class Engine:
         stats.num_running = len(self.scheduler.running)
         stats.num_waiting = len(self._requests) - stats.num_running
         stats.kv_cache_usage = self.pool.usage()
+
+
+def _steps_within_blocks(seqs: list[Sequence], steps: int, spare: int, block_size: int) -> int:
+    """The most steps (at most ``steps``) such that before each one at least one free block per
+    request is left: the allocations of all but the last step fit in ``spare``."""
+    if allocations(seqs, steps - 1, block_size) <= spare:
+        return steps
+    low, high = 0, steps - 1  # allocations(low - 1) fits; allocations(high) does not
+    while low < high:
+        mid = (low + high + 1) // 2
+        if allocations(seqs, mid - 1, block_size) <= spare:
+            low = mid
+        else:
+            high = mid - 1
+    return low

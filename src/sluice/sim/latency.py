@@ -60,3 +60,32 @@ class LatencyModel:
         """One step prefilling ``num_tokens`` new tokens after ``cached`` tokens already in KV."""
         work = num_tokens * (cached + num_tokens / 2)
         return self.step_time(num_tokens, cached + num_tokens, work)
+
+    def decode_ends(
+        self, now: float, batch: int, context: int, steps: int, until: float
+    ) -> tuple[list[float], list[float]]:
+        """Clock after each of up to ``steps`` pure decode steps of ``batch`` requests, and each
+        step's duration; stops before a step that would begin at or after ``until``.
+
+        ``context`` is Σ computed tokens before the first step; each step adds ``batch``. Every
+        duration is ``step_time(batch, context + batch, (2·context + batch)/2)`` computed with the
+        same operations in the same order, and the clock adds them one by one, so the ends are
+        bit-identical to stepping (``Engine._step_decodes``).
+        """
+        weights, kv, matmul, attn, fixed = (
+            self._weights_s, self._kv_s, self._matmul_s, self._attn_s, self._fixed_s
+        )  # fmt: skip
+        ends: list[float] = []
+        busy: list[float] = []
+        t_tok = matmul * batch
+        for _ in range(steps):
+            if now >= until:
+                break
+            t_mem = weights + kv * (context + batch)
+            t_cmp = t_tok + attn * ((2 * context + batch) * 0.5)
+            b = fixed + sqrt(t_mem * t_mem + t_cmp * t_cmp)
+            now += b
+            ends.append(now)
+            busy.append(b)
+            context += batch
+        return ends, busy

@@ -123,6 +123,21 @@ class Sequence:
         parent = self.block_hashes[-1] if self.block_hashes else self.root_hash
         self.block_hashes.append(hash_block(parent, self.token_ids[n - bs : n]))
 
+    def extend_output(self, tokens: list[int], hashing: bool) -> None:
+        """Append several output tokens at once and extend the hash chain over every block they
+        fill (what ``tokens`` calls of the per-step path do)."""
+        old = self.num_tokens
+        self.token_ids.extend(tokens)
+        self.num_tokens = n = old + len(tokens)
+        if not hashing:
+            return
+        bs = self.block_size
+        hashes = self.block_hashes
+        ids = self.token_ids
+        for end in range((old // bs + 1) * bs, n + 1, bs):
+            parent = hashes[-1] if hashes else self.root_hash
+            hashes.append(hash_block(parent, ids[end - bs : end]))
+
     def reset_for_recompute(self) -> None:
         """Preempted: KV is gone (blocks freed by the caller); prefill everything again."""
         self.set_blocks([], 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sluice.bench.workloads.base import WorkloadRequest
 from sluice.routing.endpoint import EndpointState
-from sluice.sim.engine import Engine, EngineConfig
+from sluice.sim.engine import DecodeRun, Engine, EngineConfig
 from sluice.sim.request import RequestOutput, SamplingParams, SimRequest
 
 
@@ -34,11 +34,27 @@ class EngineHandle:
         )
 
     def step(self, t: float) -> tuple[float, list[RequestOutput]]:
+        """One step begun at ``t``: when it ends (the engine's clock) and what it produced."""
         engine = self.engine
         if engine.now < t:
             engine.advance_to(t)
         out = engine.step()
-        return out.duration, out.outputs
+        return engine.now, out.outputs
+
+    def plan_run(self, t: float) -> DecodeRun | None:
+        """The pure-decode steps ahead from ``t`` (at least two), without taking them."""
+        engine = self.engine
+        if engine.now < t:
+            engine.advance_to(t)
+        return engine.plan_decode_run()
+
+    def advance(self, run: DecodeRun, steps: int) -> None:
+        self.engine.advance_decode_run(run, steps)
+
+    def kv_usage_after(self, run: DecodeRun, steps: int) -> float:
+        """What a scrape after ``steps`` steps of ``run`` reads (``BlockPool.usage``'s formula)."""
+        free = run.free0 - run.blocks_allocated(steps)
+        return 1.0 - free / (self.num_blocks - 1)
 
     def has_work(self) -> bool:
         return self.engine.has_unfinished()
