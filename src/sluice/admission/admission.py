@@ -17,6 +17,7 @@ from sluice.admission.headers import rate_limit_headers, retry_after
 from sluice.admission.limits.base import Limiter
 from sluice.admission.limits.buckets import Kind, Plan, Verdict
 from sluice.admission.limits.failover import FailoverLimiter
+from sluice.admission.limits.memory import MemoryLimiter
 from sluice.admission.limits.plan import Planner, estimate_tokens
 from sluice.admission.metrics import ADMISSIONS
 from sluice.admission.principal import AuthError, Principal
@@ -69,6 +70,14 @@ class Admission:
         self.limiter = limiter
         self._tiers = {tier: prio.parse(name) for tier, name in config.tier_priority.items()}
         self._planner = Planner(config.limits)
+        # The in-process limiter is called synchronously (no coroutine per request).
+        self._memory = limiter if isinstance(limiter, MemoryLimiter) else None
+
+    def cached_principal(self, authorization: str | None) -> Principal | None:
+        """The principal of a credential verified recently (no await); None: authenticate."""
+        if self.authenticator is None or authorization is None:
+            return None
+        return self.authenticator.cached(authorization)
 
     async def authenticate(self, authorization: str | None) -> Principal | None:
         if self.authenticator is None:
@@ -96,6 +105,8 @@ class Admission:
             )
 
     def priority(self, principal: Principal | None, header: str | None) -> Priority:
+        if header is None and principal is not None:  # the common case: the tier's
+            return self._tiers.get(principal.tier, Priority.LOW)
         tier = principal.tier if principal is not None else "pro"
         trusted = principal.trusted if principal is not None else False
         try:
@@ -124,7 +135,10 @@ class Admission:
         plan = self._planner.plan(principal, model, estimate)
         if plan.empty:
             return None
-        verdict = await self.limiter.reserve(plan, request_id, cfg.slot_ttl_s)
+        if self._memory is not None:
+            verdict = self._memory.reserve_now(plan, request_id, cfg.slot_ttl_s)
+        else:
+            verdict = await self.limiter.reserve(plan, request_id, cfg.slot_ttl_s)
         headers = rate_limit_headers(verdict)
         if verdict.allowed:
             _ADMITTED.inc()
@@ -167,7 +181,9 @@ class Admission:
         if ticket.settled or self.limiter is None:
             return
         ticket.settled = True
-        if isinstance(self.limiter, FailoverLimiter):
+        if self._memory is not None:
+            self._memory.settle_now(ticket.plan, ticket.request_id, actual_tokens, served)
+        elif isinstance(self.limiter, FailoverLimiter):
             await self.limiter.settle_on(
                 ticket.backend, ticket.plan, ticket.request_id, actual_tokens, served
             )

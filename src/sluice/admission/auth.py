@@ -65,6 +65,13 @@ class Authenticator:
             return None
         return token.strip()
 
+    def cached(self, authorization: str) -> Principal | None:
+        """The principal of a credential verified within its TTL, or None (no await)."""
+        hit = self._verified.get(authorization)
+        if hit is not None and self._clock() < hit[1]:
+            return hit[0]
+        return None
+
     async def authenticate(self, authorization: str | None) -> Principal:
         if authorization is not None:
             hit = self._verified.get(authorization)

@@ -70,6 +70,12 @@ class QueueGate:
             return len(q) if q else 0
         return sum(len(q) for q in self._queues.values())
 
+    def free(self, model: str) -> bool:
+        """True when ``enter`` would return at once (nobody waits for ``model`` and it is not
+        saturated): the caller may skip the await."""
+        queue = self._queues.get(model)
+        return not queue and not self._saturated(model)
+
     async def enter(self, model: str, priority: Priority) -> float:
         """Wait for capacity; returns seconds waited. Raises ``QueueRejected``."""
         queue = self._queues.get(model)

@@ -104,6 +104,7 @@ class AdmissionRuntime:
             )
             self.gate = QueueGate(self.saturated, limits, q.tick_s, clock=gateway.clock)
         self.redis: Redis | None = None
+        self._priority_key = cfg.priority_header.lower().encode("latin-1")
         self._jwks_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -167,30 +168,41 @@ class AdmissionRuntime:
 
     async def admit(self, ctx: RequestContext) -> None:
         adm = self.admission
+        headers = ctx.headers
         try:
-            principal = await adm.authenticate(ctx.header("authorization"))
+            value = headers.get(b"authorization")
+            authorization = None if value is None else value.decode("latin-1")
+            # A credential verified recently is a dict lookup, without an await.
+            principal = adm.cached_principal(authorization) or await adm.authenticate(authorization)
             adm.authorize(principal, ctx.model)
+            extra = ctx.extra
             if principal is not None:
                 ctx.tenant, ctx.user, ctx.api_key_id = (
                     principal.tenant,
                     principal.user,
                     principal.key_id,
                 )
-                ctx.extra[PRINCIPAL] = principal
-            priority = adm.priority(principal, ctx.header(self.cfg.priority_header))
-            ctx.priority = int(Priority.BATCH - priority)  # routing facts: higher is sooner
-            ticket = await adm.reserve(
-                ctx.request_id,
-                principal,
-                ctx.model,
-                prompt_tokens=len(ctx.raw_body) // 4,
-                max_tokens=_max_tokens(ctx.body),
-            )
-            if ticket is not None:
-                ctx.extra[TICKET] = ticket
-                ctx.response_headers.extend(ticket.headers)
-            if self.gate is not None:
-                ctx.extra[QUEUE_WAIT_KEY] = await self.gate.enter(ctx.model, priority)
+                extra[PRINCIPAL] = principal
+            value = headers.get(self._priority_key)
+            priority = adm.priority(principal, None if value is None else value.decode("latin-1"))
+            ctx.priority = _ROUTING_PRIORITY[priority]  # routing facts: higher is sooner
+            if adm.limiter is not None:
+                ticket = await adm.reserve(
+                    ctx.request_id,
+                    principal,
+                    ctx.model,
+                    prompt_tokens=len(ctx.raw_body) // 4,
+                    max_tokens=_max_tokens(ctx.body),
+                )
+                if ticket is not None:
+                    extra[TICKET] = ticket
+                    ctx.response_headers.extend(ticket.headers)
+            gate = self.gate
+            if gate is not None:
+                # Nothing waiting and capacity free: through at once (no await).
+                extra[QUEUE_WAIT_KEY] = (
+                    0.0 if gate.free(ctx.model) else await gate.enter(ctx.model, priority)
+                )
         except (Rejection, QueueRejected) as rej:
             raise _error(rej) from None
 
@@ -221,6 +233,10 @@ class AdmissionRuntime:
             if not busy:
                 return False
         return seen
+
+
+# Priority -> RequestContext.priority (routing facts: higher is sooner).
+_ROUTING_PRIORITY = {p: int(Priority.BATCH - p) for p in Priority}
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:

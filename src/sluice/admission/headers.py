@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from sluice.admission.limits.buckets import Kind, Verdict
+from sluice.admission.limits.buckets import BucketState, Kind, Verdict
 
 
 def duration(seconds: float) -> str:
@@ -28,25 +28,62 @@ _NAMES = {
     )
     for kind in (Kind.REQUESTS, Kind.TOKENS)
 }
+_REQUESTS = _NAMES[Kind.REQUESTS]
+_TOKENS = _NAMES[Kind.TOKENS]
 # Limits are few (one per configured scope and override): their encoded values are kept.
 _LIMITS: dict[int, bytes] = {}
+# Encoded once: small counts, every sub-second reset (whole milliseconds) and whole-second resets
+# as they occur (bounded).
+_SMALL = [str(i).encode() for i in range(4096)]
+_MILLIS = [f"{i}ms".encode() for i in range(1001)]
+_SECONDS: dict[int, bytes] = {}
+
+
+def duration_bytes(seconds: float) -> bytes:
+    """``duration(seconds).encode()``, from tables."""
+    if seconds < 1:
+        ms = math.ceil(seconds * 1000)
+        return _MILLIS[ms if ms > 0 else 0]
+    total = math.ceil(seconds)
+    out = _SECONDS.get(total)
+    if out is None:
+        out = duration(seconds).encode()
+        if len(_SECONDS) < 4096:
+            _SECONDS[total] = out
+    return out
+
+
+def _append(out: list[tuple[bytes, bytes]], names: tuple[bytes, ...], state: BucketState) -> None:
+    limit_name, remaining_name, reset_name = names
+    limit = _LIMITS.get(state.limit)
+    if limit is None:
+        limit = str(state.limit).encode()
+        if len(_LIMITS) < 1024:
+            _LIMITS[state.limit] = limit
+    remaining = state.remaining
+    out.append((limit_name, limit))
+    out.append(
+        (remaining_name, _SMALL[remaining] if 0 <= remaining < 4096 else str(remaining).encode())
+    )
+    out.append((reset_name, duration_bytes(state.reset_after)))
 
 
 def rate_limit_headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:
-    """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` of the tightest buckets."""
+    """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` of the tightest buckets (the
+    least remaining of each kind, the first of equals: ``Verdict.tightest``), in one pass."""
+    requests = tokens = None
+    for state in verdict.states:
+        kind = state.kind
+        if kind is Kind.REQUESTS:
+            if requests is None or state.remaining < requests.remaining:
+                requests = state
+        elif kind is Kind.TOKENS and (tokens is None or state.remaining < tokens.remaining):
+            tokens = state
     out: list[tuple[bytes, bytes]] = []
-    for kind, (limit_name, remaining_name, reset_name) in _NAMES.items():
-        state = verdict.tightest(kind)
-        if state is None:
-            continue
-        limit = _LIMITS.get(state.limit)
-        if limit is None:
-            limit = str(state.limit).encode()
-            if len(_LIMITS) < 1024:
-                _LIMITS[state.limit] = limit
-        out.append((limit_name, limit))
-        out.append((remaining_name, str(state.remaining).encode()))
-        out.append((reset_name, duration(state.reset_after).encode()))
+    if requests is not None:
+        _append(out, _REQUESTS, requests)
+    if tokens is not None:
+        _append(out, _TOKENS, tokens)
     return out
 
 

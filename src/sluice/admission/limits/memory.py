@@ -30,42 +30,51 @@ class MemoryLimiter(Limiter):
     def reserve_now(self, plan: Plan, ticket_id: str, slot_ttl: float) -> Verdict:
         """Every bucket or none. The common case (everything fits) is one pass of inlined GCRA
         arithmetic (``gcra.check``'s, without its result objects); ``states`` then holds only
-        the tightest rate bucket of each kind, which is what the response headers show. A
-        refusal is worked out in full by ``_reserve_all`` (every bucket's state)."""
+        the tightest rate bucket of each kind (the least remaining, the first of equals), which
+        is what the response headers show. A refusal is worked out in full by ``_reserve_all``
+        (every bucket's state)."""
         now = self._clock()
-        self._maybe_sweep(now)
+        self._ops += 1
+        if not self._ops % _SWEEP_EVERY:
+            self._sweep(now)
         tats = self._tat
         new_tats: list[float] = []
-        tight: dict[Kind, tuple[int, RateBucket, float]] = {}
+        # The tightest bucket of each kind so far: (remaining, bucket, seconds used).
+        requests: tuple[int, RateBucket, float] | None = None
+        tokens: tuple[int, RateBucket, float] | None = None
+        eps = gcra.EPS
         for b in plan.rates:
             period = b.period
             interval = period / b.limit
             tat = tats.get(b.name, now)
             base = tat if tat > now else now
             used = base + b.cost * interval - now
-            if used > period + gcra.EPS and base > now:
+            if used > period + eps and base > now:
                 return self._reserve_all(plan, ticket_id, slot_ttl, now)
             new_tats.append(used + now)
-            left = int((period - used) / interval + gcra.EPS)
+            left = int((period - used) / interval + eps)
             remaining = left if left > 0 else 0
-            best = tight.get(b.kind)
-            if best is None or remaining < best[0]:
-                tight[b.kind] = (remaining, b, used)
-        for s in plan.slots:
-            if len(self._live_slots(s.name, now)) >= s.limit:
-                return self._reserve_all(plan, ticket_id, slot_ttl, now)
+            if b.kind is Kind.REQUESTS:
+                if requests is None or remaining < requests[0]:
+                    requests = (remaining, b, used)
+            elif tokens is None or remaining < tokens[0]:
+                tokens = (remaining, b, used)
+        if plan.slots:
+            for s in plan.slots:
+                if len(self._live_slots(s.name, now)) >= s.limit:
+                    return self._reserve_all(plan, ticket_id, slot_ttl, now)
+            for s in plan.slots:
+                self._slots.setdefault(s.name, {})[ticket_id] = now + slot_ttl
         for b, new_tat in zip(plan.rates, new_tats, strict=True):
             tats[b.name] = new_tat
-        for s in plan.slots:
-            self._slots.setdefault(s.name, {})[ticket_id] = now + slot_ttl
-        return Verdict(
-            allowed=True,
-            states=[
-                BucketState(b.name, kind, b.limit, remaining, used)
-                for kind, (remaining, b, used) in tight.items()
-            ],
-            backend=self.name,
-        )
+        states = []
+        if requests is not None:
+            remaining, b, used = requests
+            states.append(BucketState(b.name, Kind.REQUESTS, b.limit, remaining, used))
+        if tokens is not None:
+            remaining, b, used = tokens
+            states.append(BucketState(b.name, Kind.TOKENS, b.limit, remaining, used))
+        return Verdict(True, 0.0, states, None, False, self.name)
 
     def _reserve_all(self, plan: Plan, ticket_id: str, slot_ttl: float, now: float) -> Verdict:
         verdict = Verdict(allowed=True, backend=self.name)
@@ -100,10 +109,13 @@ class MemoryLimiter(Limiter):
     def settle_now(
         self, plan: Plan, ticket_id: str, actual_tokens: int | None, served: bool = True
     ) -> None:
+        tats = self._tat
         for b in plan.rates:
+            if b.kind is Kind.REQUESTS and served:
+                continue  # a served request keeps its count (``refund`` is 0)
             units = refund(b, actual_tokens, served)
-            if units and b.name in self._tat:
-                self._tat[b.name] = gcra.refund(self._tat[b.name], units, b.limit, b.period)
+            if units and b.name in tats:
+                tats[b.name] = gcra.refund(tats[b.name], units, b.limit, b.period)
         for s in plan.slots:
             holders = self._slots.get(s.name)
             if holders is not None:
@@ -131,10 +143,7 @@ class MemoryLimiter(Limiter):
         verdict.allowed = False
         verdict.retry_after = max(verdict.retry_after, retry_after)
 
-    def _maybe_sweep(self, now: float) -> None:
-        self._ops += 1
-        if self._ops % _SWEEP_EVERY:
-            return
+    def _sweep(self, now: float) -> None:
         for name in [n for n, tat in self._tat.items() if tat <= now]:
             del self._tat[name]
         for name in list(self._slots):
