@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -171,4 +173,91 @@ async def test_a_verified_key_is_served_from_the_cache_until_ttl_expiry_or_forge
     assert (await auth.authenticate(header)).key_id == record.key_id
     assert calls == ["lookup", "hmac"]
     clock.advance(3.1)  # the key's own expiry comes before the cache TTL
+    await _reject(auth, header)
+
+
+async def _refreshed(auth: Authenticator) -> None:
+    """Wait for the background re-verifications started so far."""
+    while auth._refresh_tasks:
+        await asyncio.gather(*list(auth._refresh_tasks))
+
+
+async def test_a_credential_in_use_is_reverified_in_the_background_before_it_expires(
+    sqlite_engine: AsyncEngine, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A steady caller never waits for the store at expiry: in the last fifth of the TTL a hit
+    starts one background re-verification (a fresh store read and one HMAC)."""
+    store = KeyStore(sqlite_engine)
+    auth = Authenticator(store, cache_ttl=5.0, clock=clock)
+    _, plaintext = await store.create(tenant="t", user="u")
+    header = f"Bearer {plaintext}"
+    first = await auth.authenticate(header)
+    calls: list[str] = []
+    real_verify, real_get = keys.verify, store.get
+
+    def verify(salt: bytes, stored: bytes, secret: str) -> bool:
+        calls.append("hmac")
+        return real_verify(salt, stored, secret)
+
+    async def get(key_id: str) -> object:
+        calls.append("lookup")
+        return await real_get(key_id)
+
+    monkeypatch.setattr(keys, "verify", verify)
+    monkeypatch.setattr(store, "get", get)
+    clock.advance(3.9)
+    assert auth.cached(header) is first and calls == []  # not yet in the refresh window
+    clock.advance(0.2)
+    for _ in range(5):  # concurrent hits: one re-verification
+        assert auth.cached(header) is first
+    await _refreshed(auth)
+    assert calls == ["lookup", "hmac"]
+    clock.advance(4.5)  # past the first verification's TTL, within the re-verified one
+    calls.clear()
+    assert await auth.authenticate(header) is first
+    assert calls == []
+
+
+async def test_a_background_reverification_drops_a_revoked_key(
+    sqlite_engine: AsyncEngine, clock: FakeClock
+) -> None:
+    store = KeyStore(sqlite_engine)
+    auth = Authenticator(store, cache_ttl=5.0, clock=clock)
+    record, plaintext = await store.create(tenant="t", user="u")
+    header = f"Bearer {plaintext}"
+    await auth.authenticate(header)
+    await store.revoke(record.key_id)  # in another process: no forget here
+    clock.advance(4.5)
+    assert auth.cached(header) is not None  # still within the TTL of the last verification
+    await _refreshed(auth)
+    assert auth.cached(header) is None
+    await _reject(auth, header)
+
+
+async def test_forget_during_a_background_reverification_is_not_undone(
+    sqlite_engine: AsyncEngine, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = KeyStore(sqlite_engine)
+    auth = Authenticator(store, cache_ttl=5.0, clock=clock)
+    record, plaintext = await store.create(tenant="t", user="u")
+    header = f"Bearer {plaintext}"
+    await auth.authenticate(header)
+    gate = asyncio.Event()
+    real_get = store.get
+
+    async def slow_get(key_id: str) -> object:
+        found = await real_get(key_id)  # read before the revocation below
+        await gate.wait()
+        return found
+
+    monkeypatch.setattr(store, "get", slow_get)
+    clock.advance(4.5)
+    assert auth.cached(header) is not None  # starts the re-verification
+    await asyncio.sleep(0.05)
+    await store.revoke(record.key_id)
+    auth.forget(record.key_id)  # the admin API's revocation in this process
+    gate.set()
+    await _refreshed(auth)
+    assert auth.cached(header) is None
+    monkeypatch.setattr(store, "get", real_get)
     await _reject(auth, header)
