@@ -340,3 +340,22 @@ async def test_a_segment_is_expanded_with_the_registry_it_was_journaled_with(
     assert row["model_version"] == "3.2" and row["weights_digest"] == "sha256:def"
     assert row["cost_usd"] == pytest.approx(reference_row(ledger, ctx)["cost_usd"])
     assert row["cost_usd"] > 0
+
+
+def test_a_prefaulted_segment_reads_back_its_rows_alive_or_left_by_a_crash(
+    tmp_path: Path,
+) -> None:
+    """Pages faulted in ahead are zeros after the last row: a live segment (what a replay finds
+    after kill -9) and a sealed one read back the same rows."""
+    ledger = _ledger()
+    header = raw.header(REGISTRY.entries())
+    seg = journal.Segment(tmp_path / "audit-1-1-1.jsonl", 1 << 20, header)
+    seg.prefault(256 << 10)
+    ctxs = contexts()
+    for ctx in ctxs:
+        seg.write(orjson.dumps(ledger.raw_row(ctx), option=orjson.OPT_APPEND_NEWLINE))
+    want = [reference_row(ledger, c) for c in ctxs]
+    assert journal.read_rows(seg.path) == want  # still open: zeros follow the rows
+    seg.close(delete=False)
+    assert journal.read_rows(seg.path) == want
+    assert seg.path.stat().st_size == seg.offset

@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,10 @@ from sluice.governance.ledger.metrics import CORRUPT
 
 _T = TypeVar("_T")
 SEGMENT_BYTES = 8 << 20  # a rotation every flush interval keeps segments far below this
+_PAGE = mmap.PAGESIZE
+# Linux 5.14+: fault pages in writable, as a write would, in one call (Python 3.11 lacks the name).
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+_populate = sys.platform == "linux"
 
 
 class Segment:
@@ -48,11 +53,28 @@ class Segment:
         self.size = size
         self._map[: len(header)] = header
         self.offset = len(header)
+        self.populated = 0  # pages below this were faulted in ahead (``prefault``)
         # In-memory copy (whole or compact rows), while it is complete.
         self.rows: list[dict[str, Any] | list[Any]] = []
         self.complete = True  # False once a row overflowed the in-memory queue
         self.count = 0
         self.first_ts: float | None = None
+
+    def prefault(self, upto: int) -> None:
+        """Fault in the pages up to ``upto`` now, in one system call off the request path, so
+        appends there are plain memory copies: on a fresh file page a first write otherwise
+        traps into the filesystem (block reservation, mtime), which costs the request path
+        several microseconds per page. Best effort: without kernel support appends fault."""
+        global _populate
+        end = min(self.size, -(-upto // _PAGE) * _PAGE)
+        if not _populate or end <= self.populated:
+            return
+        try:
+            self._map.madvise(_MADV_POPULATE_WRITE, self.populated, end - self.populated)
+        except (OSError, ValueError):
+            _populate = False
+            return
+        self.populated = end
 
     def fits(self, n: int) -> bool:
         return self.offset + n <= self.size

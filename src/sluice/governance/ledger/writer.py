@@ -48,8 +48,12 @@ from sluice.governance.ledger.schema import COLUMNS
 log = structlog.get_logger("sluice.governance.ledger")
 
 
+_MIN_PREFAULT = 64 << 10
+
+
 class AuditWriter:
     log_replays = True
+    prefault = True  # journal-only mode: open segments ahead, pages faulted in
 
     def __init__(
         self,
@@ -85,6 +89,7 @@ class AuditWriter:
         self._next_replay = 0.0
         self._closing = False
         self._insert_sql: str | None = None
+        self._expect = _MIN_PREFAULT  # journal bytes of the last sealed segment
         # Insert with the stdlib sqlite3 driver into this file instead of through the engine.
         self._sqlite_path = sqlite_path
         self._sqlite: sqlite3.Connection | None = None
@@ -151,20 +156,35 @@ class AuditWriter:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _rotate(self) -> None:
-        """Journal-only mode: seal the current segment every ``flush_interval``."""
+        """Journal-only mode: seal the current segment every ``flush_interval`` and open the
+        next one ahead, its first pages faulted in (``Segment.prefault``)."""
         while not self._closing:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._flush_interval):
                     await self._kick.wait()
             self.seal()
+            if not self._closing:
+                self._prepare()
 
-    def seal(self) -> None:
-        """Journal-only mode: hand the current segment (if it has rows) to the writer process,
-        and show how much is waiting for it."""
+    def _prepare(self) -> None:
+        """Open the next segment now and fault in what one flush interval is expected to fill
+        (what the last one took, plus half), so the request path only copies bytes."""
+        if not self.prefault:
+            return
         seg = self._segment
-        if seg is not None and seg.count:
+        if seg is None:
+            seg = self._segment = self._open_segment()
+        seg.prefault(seg.offset + self._expect + self._expect // 2)
+
+    def seal(self, final: bool = False) -> None:
+        """Journal-only mode: hand the current segment (if it has rows) to the writer process,
+        and show how much is waiting for it. ``final``: an empty one is removed."""
+        seg = self._segment
+        if seg is not None and (seg.count or final):
             self._segment = None
-            seg.close(delete=False)
+            if seg.count:
+                self._expect = max(_MIN_PREFAULT, seg.offset)
+            seg.close(delete=not seg.count)
         pending = journal.pending(self._dir)
         PENDING_SEGMENTS.set(len(pending))
         LAG.set(max(0.0, time.time() - pending[0]) if pending else 0.0)
@@ -180,7 +200,7 @@ class AuditWriter:
         if self._inline:
             await self.flush()
         else:
-            self.seal()
+            self.seal(final=True)
 
     async def _run(self) -> None:
         while not self._closing:
