@@ -132,6 +132,13 @@ async def _attempt(gw: Gateway, ctx: RequestContext, decision: Decision, send: S
         gw.policy.on_complete(facts, state, gw.clock(), ctx.ttft, ok)
 
 
+def _failed_early(gw: Gateway, state: EndpointState, reason: str, detail: str) -> _Retryable:
+    """A failure before anything reached the client: it counts against the endpoint, and the
+    request may still be retried elsewhere."""
+    gw.fleet.record_failure(state)
+    return _Retryable(reason, f"{state.id}: {detail}")
+
+
 async def _whole(
     gw: Gateway,
     ctx: RequestContext,
@@ -143,8 +150,7 @@ async def _whole(
     try:
         data = await response.read()
     except UpstreamError as exc:
-        gw.fleet.record_failure(state)
-        raise _Retryable(exc.reason, f"{state.id}: {exc}") from None
+        raise _failed_early(gw, state, exc.reason, str(exc)) from None
     status = response.status
     if status >= 500:
         gw.fleet.record_failure(state)
@@ -173,11 +179,9 @@ async def _stream(
     try:
         first = await response.chunk()
     except UpstreamError as exc:
-        gw.fleet.record_failure(state)
-        raise _Retryable(exc.reason, f"{state.id}: {exc}") from None
+        raise _failed_early(gw, state, exc.reason, str(exc)) from None
     if not first:
-        gw.fleet.record_failure(state)
-        raise _Retryable("empty", f"{state.id}: stream ended before its first byte")
+        raise _failed_early(gw, state, "empty", "stream ended before its first byte")
     now = gw.clock()
     ctx.first_byte_at = now
     # The same amount ``begin`` counted: the uncached prefill when routing predicted it.
