@@ -8,15 +8,18 @@ Configurations, each a fresh ``sluice serve`` process with the request log off:
 - governed: API key auth, in-process limits (key, user, global), priority queue, audit ledger on
   SQLite (WAL), written by the ledger's writer process (the default; it inherits the gateway's
   core pinning, so its CPU competes with the gateway's and is shown in its own column);
-- governed + Redis: the same with the limits on Redis (one Lua call to reserve, one to settle).
+- governed + Redis: the same with the limits on Redis (one Lua call to reserve, one to settle);
+- with ``--offcore``, also governed with the writer process moved to core 1 (``taskset -p``, as
+  the OS would place it on a machine with a free core): not the one-core figure, shown apart.
 
-    .venv/bin/python bench/admission_gateway.py [--duration 10] [--repeat 3] [--parts]
+    .venv/bin/python bench/admission_gateway.py [--duration 10] [--repeat 3] [--parts] [--offcore]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import socket
@@ -85,11 +88,15 @@ def cpu_seconds(pid: int) -> float:
 
 def children_cpu_seconds(pid: int) -> float:
     """CPU of the gateway's child processes (the ledger writer process), counted apart."""
-    total = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            total += cpu_seconds(int(child))
-    return total
+    return sum(cpu_seconds(child) for child in children(pid))
+
+
+def children(pid: int) -> list[int]:
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
 
 
 def gateway_yaml(root: Path, port: int, upstream: int, mode: str, redis: str) -> dict[str, Any]:
@@ -120,6 +127,8 @@ def gateway_yaml(root: Path, port: int, upstream: int, mode: str, redis: str) ->
         config["governance"]["ledger"]["enabled"] = False
     if mode == "ledger":  # audit ledger only
         config["admission"] = {"enabled": False}
+    if mode == "offcore":
+        mode = "governed"
     if mode == "redis":
         config["admission"]["limits"].update(
             backend="redis", redis_url=redis, redis_prefix=f"bench:{port}"
@@ -143,6 +152,11 @@ def measure(
         wait_ok(f"http://127.0.0.1:{port}/ready")
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         run_wrk(url, script, args.connections, 2)  # warm-up
+        if mode == "offcore":  # the ledger writer process to the other core
+            for child in children(gw.pid):
+                subprocess.run(
+                    ["taskset", "-p", "-c", "1", str(child)], check=True, capture_output=True
+                )
         before, before_children = cpu_seconds(gw.pid), children_cpu_seconds(gw.pid)
         res = run_wrk(url, script, args.connections, args.duration)
         used = cpu_seconds(gw.pid) - before
@@ -162,10 +176,14 @@ def main() -> None:
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--parts", action="store_true", help="also auth, limits, queue, ledger alone")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds (medians shown)")
+    ap.add_argument(
+        "--offcore", action="store_true", help="also governed with the writer process on core 1"
+    )
     args = ap.parse_args()
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found")
+    load_start = f"{os.getloadavg()[0]:.2f}"
     root = Path(tempfile.mkdtemp(prefix="sluice-admgw-"))
     root.chmod(0o755)
     json_port, sse_port = free_port(), free_port()
@@ -196,8 +214,10 @@ def main() -> None:
             args.connections,
             args.duration,
         )
-        modes = ["bare", "governed", "redis"] + (
-            ["auth", "limits", "queue", "ledger"] if args.parts else []
+        modes = (
+            ["bare", "governed", "redis"]
+            + (["auth", "limits", "queue", "ledger"] if args.parts else [])
+            + (["offcore"] if args.offcore else [])
         )
         runs: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
         # Interleaved rounds (bare, governed, ... then again): drift in the machine's load hits
@@ -212,6 +232,7 @@ def main() -> None:
     bare = results["bare"]["rps"]
     print(
         f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"load average at start {load_start}, at end {os.getloadavg()[0]:.2f}; "
         f"wrk -t1 -c{args.connections} -d{args.duration}s, JSON chat completion; "
         f"medians of {args.repeat} interleaved rounds\n"
     )
@@ -230,6 +251,7 @@ def main() -> None:
         "limits": "gateway, auth + limits (in-process)",
         "queue": "gateway, auth + queue",
         "ledger": "gateway, audit ledger only",
+        "offcore": "(writer process on core 1) auth + limits (in-process) + queue + ledger",
     }
     for mode, label in labels.items():
         if mode not in results:
