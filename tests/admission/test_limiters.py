@@ -19,17 +19,23 @@ from sluice.admission.limits import (
     RedisLimiter,
     SlotBucket,
 )
+from sluice.admission.limits.resp import RespClient
 from tests.admission.services import REDIS_URL, FakeClock
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-lean"])
 async def limiter(
     request: pytest.FixtureRequest, clock: FakeClock, redis_client: Redis, redis_prefix: str
 ) -> AsyncIterator[Limiter]:
     if request.param == "memory":
         yield MemoryLimiter(clock)
-    else:
+    elif request.param == "redis":
         yield RedisLimiter(redis_client, redis_prefix)
+    else:  # the gateway's client for plain redis:// URLs
+        lean = RespClient.from_url(REDIS_URL)
+        assert lean is not None
+        yield RedisLimiter(redis_client, redis_prefix, lean)
+        await lean.close()
 
 
 def req(name: str, limit: int) -> RateBucket:
@@ -103,11 +109,15 @@ async def test_concurrency_slots_expire_if_never_released(
     assert (await limiter.reserve(plan, "b", 0.2)).allowed
 
 
+@pytest.mark.parametrize("lean", [False, True])
 async def test_three_redis_clients_under_a_concurrent_burst_share_the_limits(
-    redis_prefix: str,
+    redis_prefix: str, lean: bool
 ) -> None:
     clients = [Redis.from_url(REDIS_URL) for _ in range(3)]
-    limiters = [RedisLimiter(c, redis_prefix) for c in clients]
+    limiters = [
+        RedisLimiter(c, redis_prefix, RespClient.from_url(REDIS_URL) if lean else None)
+        for c in clients
+    ]
     estimate = 70
     plan = Plan(rates=(req("global", 50), tok("global", 1000, estimate)))
 

@@ -23,6 +23,7 @@ from sluice.admission.limits.base import Limiter
 from sluice.admission.limits.failover import FailoverLimiter
 from sluice.admission.limits.memory import MemoryLimiter
 from sluice.admission.limits.redis import RedisLimiter
+from sluice.admission.limits.resp import RespClient
 from sluice.admission.metrics import (
     ADMISSIONS,
     LIMITER_BACKEND_ERRORS,
@@ -136,8 +137,10 @@ class AdmissionRuntime:
             socket_timeout=limits.redis_timeout_s,
             socket_connect_timeout=limits.redis_timeout_s,
         )
+        # Script calls through the lean client where the URL allows (plain redis://).
+        lean = RespClient.from_url(limits.redis_url, limits.redis_timeout_s)
         return FailoverLimiter(
-            RedisLimiter(self.redis, limits.redis_prefix),
+            RedisLimiter(self.redis, limits.redis_prefix, lean),
             mode=limits.on_redis_error,
             retry_interval=limits.redis_retry_s,
             clock=self.gw.clock,

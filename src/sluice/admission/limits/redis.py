@@ -1,6 +1,8 @@
 """Shared limiter on Redis: one Lua call reserves every bucket, one settles.
 
 Keys share one hash tag so a plan's keys live in one cluster slot. Clock: Redis ``TIME``.
+With a ``RespClient`` (``resp.py``) the two script calls go through it instead of redis-py's
+client (same scripts, keys and arguments; a fraction of the CPU per call).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from redis.asyncio import Redis
 
 from sluice.admission.limits.base import Limiter, refund
 from sluice.admission.limits.buckets import BucketState, Kind, Plan, Verdict
+from sluice.admission.limits.resp import RespClient
 
 _US = 1_000_000
 
@@ -22,8 +25,11 @@ def _script(name: str) -> str:
 class RedisLimiter(Limiter):
     name = "redis"
 
-    def __init__(self, client: Redis, prefix: str = "sluice:rl") -> None:
+    def __init__(
+        self, client: Redis, prefix: str = "sluice:rl", lean: RespClient | None = None
+    ) -> None:
         self._client = client
+        self._lean = lean
         self._prefix = "{" + prefix + "}:"
         self._reserve = client.register_script(_script("reserve.lua"))
         self._settle = client.register_script(_script("settle.lua"))
@@ -37,7 +43,10 @@ class RedisLimiter(Limiter):
         for b in plan.rates:
             args += [b.limit, int(b.period * _US), b.cost]
         args += [s.limit for s in plan.slots]
-        raw = await self._reserve(keys=keys, args=args)
+        if self._lean is not None:
+            raw = await self._lean.evalsha(self._reserve.sha, self._reserve.script, keys, args)
+        else:
+            raw = await self._reserve(keys=keys, args=args)
         values = [int(v) for v in raw]
         verdict = Verdict(allowed=values[0] == 1, retry_after=values[1] / _US, backend=self.name)
         pos = 2
@@ -65,7 +74,12 @@ class RedisLimiter(Limiter):
             return
         args: list[str | int] = [ticket_id, len(moved)]
         args += [-round(units * b.period * _US / b.limit) for b, units in moved]
-        await self._settle(keys=keys, args=args)
+        if self._lean is not None:
+            await self._lean.evalsha(self._settle.sha, self._settle.script, keys, args)
+        else:
+            await self._settle(keys=keys, args=args)
 
     async def close(self) -> None:
+        if self._lean is not None:
+            await self._lean.close()
         await self._client.aclose()
