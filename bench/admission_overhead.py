@@ -3,8 +3,11 @@
 Times one request's whole admission path as the gateway runs it: authenticate a cached API key
 (a verified-credential cache hit: one dict lookup by the header value), check the model, resolve
 the priority, build the limit plan (key, user, tenant, model, global) and reserve it; then,
-separately, settle and build + journal the audit row. Backends: in-process limits, and Redis (one
-Lua call to reserve, one to settle), next to a bare Redis PING for the round-trip floor.
+separately, settle; and the audit row as the gateway journals it (the compact row, encoded and
+copied into the journal segment) and as the writer process inserts it (read, expanded, inserted
+into SQLite), per row. Backends: in-process limits, and Redis (one Lua call to reserve, one to
+settle) through redis-py and through the gateway's lean client, next to a bare Redis PING for the
+round-trip floor.
 
     .venv/bin/python bench/admission_overhead.py [--n 20000] [--redis redis://127.0.0.1:6379/0]
 """
@@ -27,8 +30,16 @@ from sluice.admission.auth import Authenticator
 from sluice.admission.config import AdmissionConfig, LimitSet
 from sluice.admission.key_store import KeyStore
 from sluice.admission.limits import FailoverLimiter, Limiter, MemoryLimiter, RedisLimiter
+from sluice.admission.limits.resp import RespClient
+from sluice.api.context import RequestContext
+from sluice.governance.config import GovernanceConfig
 from sluice.governance.db import make_engine, migrate
-from sluice.governance.ledger import AuditRecord, AuditWriter, prompt_hash, sampling
+from sluice.governance.gateway import Ledger
+from sluice.governance.ledger import AuditWriter, raw
+from sluice.governance.ledger.process import sqlite_file
+from sluice.governance.registry import ModelEntry, Registry
+from sluice.routing import Decision
+from sluice.routing.endpoint import Endpoint, EndpointState
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 30}
 
@@ -79,37 +90,53 @@ async def ping(client: Redis, n: int) -> list[float]:
     return out
 
 
-async def ledger_submit(tmp: Path, n: int) -> list[float]:
-    engine = make_engine(f"sqlite:///{tmp / 'ledger.db'}")
+async def ledger_submit(tmp: Path, n: int) -> tuple[list[float], float]:
+    """Gateway side: the compact row of an answered request, encoded and journaled (journal-only
+    mode, segments sealed every 500 rows). Writer side: read + expand + insert, µs per row."""
+    url = f"sqlite:///{tmp / 'ledger.db'}"
+    engine = make_engine(url)
     await migrate(engine)
-    writer = AuditWriter(engine, tmp / "spill")
+    registry = Registry([ModelEntry(name="m", version="1", prices={"input_per_m": 1.0})])
+    ledger = Ledger(None, GovernanceConfig(), registry, None)  # type: ignore[arg-type]
+    spill = tmp / "spill"
+    writer = AuditWriter(engine, spill, inline=False, header=raw.header(registry.entries()))
     await writer.start()
+    state = EndpointState(Endpoint(id="e0", url="http://e0"))
     out = []
     for i in range(n):
-        t0 = time.perf_counter_ns()
-        writer.submit(
-            AuditRecord(
-                request_id=f"q{i}",
-                ts=time.time(),
-                status=200,
-                tenant="acme",
-                user="alice",
-                key_id="k",
-                model_requested="m",
-                model_served="m",
-                prompt_hash=prompt_hash(BODY),
-                sampling=sampling(BODY),
-                prompt_tokens=25,
-                completion_tokens=30,
-                e2e_ms=12.0,
-            )
+        ctx = RequestContext(
+            request_id=f"q{i}",
+            path="/v1/chat/completions",
+            headers={},
+            client=None,
+            started=0.0,
+            started_wall=time.time(),
+            body=BODY,
+            model="m",
+            tenant="acme",
+            user="alice",
+            api_key_id="k",
+            status=200,
+            outcome="ok",
+            finished_at=0.012,
         )
+        ctx.decision = Decision(state, "affinity_cost", {"e0": 0.5})
+        ctx.endpoint = state
+        ctx.usage.update({"prompt_tokens": 25, "completion_tokens": 30})
+        t0 = time.perf_counter_ns()
+        writer.submit_raw(ledger.raw_row(ctx))
         out.append((time.perf_counter_ns() - t0) / 1000)
-        if i % 500 == 0:
-            await asyncio.sleep(0)  # let the writer run, as the gateway's loop would
+        if i % 500 == 499:
+            writer.seal()
+            writer._prepare()  # what the rotate task does between seals
     await writer.close()
+    inserter = AuditWriter(engine, spill, sqlite_path=sqlite_file(url))
+    t0 = time.process_time()
+    inserted = await inserter.replay()
+    per_row = (time.process_time() - t0) / max(1, inserted) * 1e6
+    inserter.close_sqlite()
     await engine.dispose()
-    return out
+    return out, per_row
 
 
 async def main() -> None:
@@ -152,11 +179,17 @@ async def main() -> None:
     results["redis"] = await admission_path(adm, header, n_redis)
     per_request = (await commands(client) - before) / n_redis
     ping_us = await ping(client, n_redis)
-    keys = [k async for k in client.scan_iter(match="{" + prefix + "}:*")]
+    lean = RespClient.from_url(args.redis)
+    if lean is not None:
+        adm = Admission(cfg, auth, FailoverLimiter(RedisLimiter(client, prefix + "l", lean)))
+        await admission_path(adm, header, 500)
+        results["redis-lean"] = await admission_path(adm, header, n_redis)
+        await lean.close()
+    keys = [k async for k in client.scan_iter(match="{" + prefix + "*")]
     if keys:
         await client.delete(*keys)
     await client.aclose()
-    submit_us = await ledger_submit(tmp, args.n)
+    submit_us, writer_us = await ledger_submit(tmp, args.n)
     await engine.dispose()
 
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; cores: {os.cpu_count()}")
@@ -171,8 +204,14 @@ async def main() -> None:
     print(row("settle, in-process", results["in-process"][1]))
     print(row("admit, Redis, all limits (one Lua call)", results["redis"][0]))
     print(row("settle, Redis (one Lua call)", results["redis"][1]))
+    if "redis-lean" in results:
+        print(row("admit, Redis, lean client", results["redis-lean"][0]))
+        print(row("settle, Redis, lean client", results["redis-lean"][1]))
     print(row("Redis PING round trip (floor)", ping_us))
-    print(row("audit row: build + journal + enqueue", submit_us))
+    print(row("audit row, gateway side: compact row + journal", submit_us))
+    print(
+        f"| audit row, writer side: read + expand + insert (CPU per row) | | | | {writer_us:.1f} |"
+    )
     print(f"\nRedis script calls per request: {per_request:.2f} (one to reserve, one to settle)")
 
 
