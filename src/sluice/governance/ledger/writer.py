@@ -164,7 +164,10 @@ class AuditWriter:
                     await self._kick.wait()
             self.seal()
             if not self._closing:
-                self._prepare()
+                try:
+                    self._prepare()
+                except OSError as exc:  # e.g. a full disk: the request path opens it instead
+                    log.warning("journal segment not prepared ahead", error=str(exc)[:200])
 
     def _prepare(self) -> None:
         """Open the next segment now and fault in what one flush interval is expected to fill
