@@ -14,7 +14,7 @@ Every operation is O(1) per block: the free queue is an intrusive doubly linked 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from sluice.sim.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 
@@ -34,25 +34,45 @@ class KVBlock:
 
 
 class FreeBlockQueue:
-    """Doubly linked LRU list between two sentinels: pop from the head, append at the tail."""
+    """Doubly linked LRU list between two sentinels: pop from the head, append at the tail.
 
-    __slots__ = ("_head", "_tail", "num_free")
+    Blocks never used yet sit at the head in id order and are only counted (``num_fresh``) until
+    popped: ``make_fresh(n)`` then creates the next ``n``. A thousand engines of 27k blocks each
+    would otherwise build 27 million block objects before the first request.
+    """
 
-    def __init__(self, blocks: Iterable[KVBlock]) -> None:
+    __slots__ = ("_head", "_make_fresh", "_tail", "num_free", "num_fresh")
+
+    def __init__(
+        self,
+        blocks: Iterable[KVBlock] = (),
+        num_fresh: int = 0,
+        make_fresh: Callable[[int], list[KVBlock]] | None = None,
+    ) -> None:
         self._head = KVBlock(-1)
         self._tail = KVBlock(-1)
         self._head.next_free = self._tail
         self._tail.prev_free = self._head
         self.num_free = 0
+        self.num_fresh = num_fresh
+        self._make_fresh = make_fresh
         for block in blocks:
             self.append(block)
+        self.num_free += num_fresh
 
     def popleft(self) -> KVBlock:
+        if self.num_fresh:
+            return self._take_fresh(1)[0]
         block = self._head.next_free
         if block is self._tail or block is None:
             raise IndexError("no free blocks")
         self.remove(block)
         return block
+
+    def _take_fresh(self, n: int) -> list[KVBlock]:
+        self.num_fresh -= n
+        self.num_free -= n
+        return self._make_fresh(n)  # type: ignore[misc]
 
     def remove(self, block: KVBlock) -> None:
         prev, nxt = block.prev_free, block.next_free
@@ -73,17 +93,38 @@ class FreeBlockQueue:
         """The ``n`` least recently used blocks, unlinked as one run (a prompt's allocation)."""
         if n > self.num_free:
             raise IndexError(f"{n} blocks requested, {self.num_free} free")
-        out: list[KVBlock] = []
+        fresh = min(n, self.num_fresh)
+        out = self._take_fresh(fresh) if fresh else []
+        n -= fresh
+        if not n:
+            return out
+        # Taken blocks keep stale links: nothing reads them until ``append``/``extend`` relinks
+        # (a referenced block is never ``remove``d), and clearing them is a pass over the run.
         block = self._head.next_free
         for _ in range(n):
             out.append(block)  # type: ignore[arg-type]
             block = block.next_free  # type: ignore[union-attr]
         self._head.next_free = block
         block.prev_free = self._head  # type: ignore[union-attr]
-        for taken in out:
-            taken.prev_free = taken.next_free = None
         self.num_free -= n
         return out
+
+    def release(self, blocks: Sequence[KVBlock]) -> None:
+        """Drop one reference from each of ``blocks`` and append those now idle, last block
+        first (so a chain's tail is evicted first), in one pass."""
+        tail = self._tail
+        last = tail.prev_free
+        count = 0
+        for block in reversed(blocks):
+            block.ref_cnt -= 1
+            if block.ref_cnt == 0:
+                last.next_free = block  # type: ignore[union-attr]
+                block.prev_free = last
+                last = block
+                count += 1
+        last.next_free = tail  # type: ignore[union-attr]
+        tail.prev_free = last
+        self.num_free += count
 
     def extend(self, blocks: Iterable[KVBlock]) -> None:
         """Append blocks at the tail in the given order, linking them as one run."""
@@ -107,12 +148,19 @@ class BlockPool:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_caching = enable_caching
-        self.blocks = [KVBlock(i) for i in range(num_blocks)]
-        self.free_queue = FreeBlockQueue(self.blocks[1:])
+        # Blocks created so far, by id (block 0 and those ever allocated; see FreeBlockQueue).
+        self.blocks = [KVBlock(0)]
+        self.free_queue = FreeBlockQueue((), num_blocks - 1, self._create)
         self.cached: dict[int, KVBlock] = {}
         # Events since the last drain; the engine hands them to its sink once per step.
         self.events: list[KVEvent] = []
         self.record_events = False
+
+    def _create(self, n: int) -> list[KVBlock]:
+        first = len(self.blocks)
+        new = [KVBlock(i) for i in range(first, first + n)]
+        self.blocks.extend(new)
+        return new
 
     @property
     def num_free(self) -> int:
@@ -148,9 +196,10 @@ class BlockPool:
         evicted: list[int] = []
         cached = self.cached
         for block in out:
-            if block.block_hash is not None:
-                evicted.append(block.block_hash)
-                del cached[block.block_hash]
+            h = block.block_hash
+            if h is not None:
+                evicted.append(h)
+                del cached[h]
                 block.block_hash = None
             block.ref_cnt = 1
         if evicted and self.record_events:
@@ -170,12 +219,7 @@ class BlockPool:
 
     def free(self, blocks: Sequence[KVBlock]) -> None:
         """Drop one reference from each block; idle ones join the LRU tail, chain tail first."""
-        idle: list[KVBlock] = []
-        for block in reversed(blocks):
-            block.ref_cnt -= 1
-            if block.ref_cnt == 0:
-                idle.append(block)
-        self.free_queue.extend(idle)
+        self.free_queue.release(blocks)
 
     def cache_blocks(
         self,
@@ -193,6 +237,14 @@ class BlockPool:
         if not self.enable_caching:
             return
         cached = self.cached
+        if not self.record_events:
+            # The prefill hot path. Blocks past a request's cached ones are fresh (hits come
+            # first in its table), so only a concurrent twin's hash can already be registered.
+            for h, block in zip(block_hashes[start:end], blocks[start:end], strict=True):
+                if h not in cached:
+                    block.block_hash = h
+                    cached[h] = block
+            return
         run: list[int] = []
         run_start = start
         for i in range(start, end):

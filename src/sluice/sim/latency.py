@@ -72,20 +72,20 @@ class LatencyModel:
         same operations in the same order, and the clock adds them one by one, so the ends are
         bit-identical to stepping (``Engine._step_decodes``).
         """
-        weights, kv, matmul, attn, fixed = (
-            self._weights_s, self._kv_s, self._matmul_s, self._attn_s, self._fixed_s
-        )  # fmt: skip
+        weights, kv, attn, fixed = self._weights_s, self._kv_s, self._attn_s, self._fixed_s
+        root = sqrt  # locals: this loop runs once per simulated decode step
         ends: list[float] = []
         busy: list[float] = []
-        t_tok = matmul * batch
+        end, spent = ends.append, busy.append
+        t_tok = self._matmul_s * batch
         for _ in range(steps):
             if now >= until:
                 break
             t_mem = weights + kv * (context + batch)
             t_cmp = t_tok + attn * ((2 * context + batch) * 0.5)
-            b = fixed + sqrt(t_mem * t_mem + t_cmp * t_cmp)
+            b = fixed + root(t_mem * t_mem + t_cmp * t_cmp)
             now += b
-            ends.append(now)
-            busy.append(b)
+            end(now)
+            spent(b)
             context += batch
         return ends, busy

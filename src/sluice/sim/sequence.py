@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Sequence as Ids
 from enum import IntEnum
 
 from sluice.sim.block_hash import hash_block, hash_token_blocks, root_hash
@@ -22,7 +24,8 @@ class Status(IntEnum):
 class Sequence:
     """Mutable per-request state. ``token_ids`` holds prompt then output tokens; the KV cache
     covers the first ``num_computed_tokens`` of them (the newest sampled token is computed by the
-    next step, as in vLLM)."""
+    next step, as in vLLM). It is an ``array('I')``: copied from an array prompt and hashed
+    without one Python int per token."""
 
     __slots__ = (
         "arrival_order",
@@ -60,7 +63,7 @@ class Sequence:
     def __init__(
         self,
         request_id: str,
-        prompt_token_ids: list[int],
+        prompt_token_ids: Ids[int],
         sampling: SamplingParams,
         plan: OutputPlan,
         timing: RequestTiming,
@@ -73,7 +76,7 @@ class Sequence:
         hashing: bool = True,
     ) -> None:
         self.request_id = request_id
-        self.token_ids = list(prompt_token_ids)
+        self.token_ids = array("I", prompt_token_ids)
         self.num_tokens = self.num_prompt_tokens = len(prompt_token_ids)
         self.num_output_tokens = 0
         self.sampling = sampling
@@ -103,7 +106,7 @@ class Sequence:
         self.stop_text = ""  # decoded output so far; kept only when stop strings are set
         # Hashes of every full block of token_ids, extended as output tokens fill blocks.
         self.block_hashes: list[int] = (
-            hash_token_blocks(prompt_token_ids, block_size, lora_name, seed=hash_seed)
+            hash_token_blocks(self.token_ids, block_size, lora_name, seed=hash_seed)
             if hashing
             else []
         )

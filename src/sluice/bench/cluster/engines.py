@@ -20,17 +20,22 @@ class EngineHandle:
         self.num_blocks = int(getattr(engine, "num_gpu_blocks", 0) or 0)
 
     def add(self, req: WorkloadRequest, t: float) -> None:
-        """Raises ``sluice.sim.request.RequestError`` for a request the engine refuses."""
+        """Raises ``sluice.sim.request.RequestError`` for a request the engine refuses.
+
+        Workload prompts are drawn from a ``TokenSpace`` inside the vocabulary, so the engine
+        skips its per-token vocabulary scan; the engine copies the prompt itself.
+        """
         engine = self.engine
         if not engine.has_unfinished() and t > engine.now:
             engine.advance_to(t)
         engine.add_request(
             SimRequest(
                 request_id=req.request_id,
-                prompt_token_ids=list(req.prompt),
+                prompt_token_ids=req.prompt,  # type: ignore[arg-type]
                 sampling=SamplingParams(max_tokens=req.max_tokens, ignore_eos=True),
                 arrival_time=t,
-            )
+            ),
+            check_ids=False,
         )
 
     def step(self, t: float) -> tuple[float, list[RequestOutput]]:

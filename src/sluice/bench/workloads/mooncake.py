@@ -9,13 +9,14 @@ exactly ``input_length`` tokens.
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from sluice.bench.workloads.base import DEFAULT_SPACE, TokenSpace, WorkloadRequest, block_tokens
+from sluice.bench.workloads.base import DEFAULT_SPACE, TokenSpace, WorkloadRequest, blocks_tokens
 
 MOONCAKE_BLOCK = 512
 DEFAULT_TRACE = Path("../shared/traces/mooncake_conversation.jsonl")
@@ -49,21 +50,23 @@ def read_trace(path: str | Path = DEFAULT_TRACE) -> list[TraceRow]:
 
 def prompt_for(
     row: TraceRow, seed: int = 0, space: TokenSpace = DEFAULT_SPACE, id_offset: int = 0
-) -> list[int]:
-    """The prompt of one trace row: its blocks' tokens, cut to ``input_length``."""
-    parts = []
-    remaining = row.input_length
-    for h in row.hash_ids:
-        if remaining <= 0:
-            break
-        n = min(MOONCAKE_BLOCK, remaining)
-        parts.append(block_tokens(seed, h + id_offset, MOONCAKE_BLOCK, space)[:n])
-        remaining -= n
-    if remaining > 0:
+) -> array[int]:
+    """The prompt of one trace row: its blocks' tokens, cut to ``input_length``.
+
+    An ``array('I')``, not a list: a 14k-token prompt is then built, copied and hashed without
+    creating 14k Python ints (the cluster simulator builds a million of them).
+    """
+    needed = -(-row.input_length // MOONCAKE_BLOCK)
+    if needed > len(row.hash_ids):
         raise ValueError(
             f"trace row has {len(row.hash_ids)} blocks for {row.input_length} input tokens"
         )
-    return np.concatenate(parts).tolist() if parts else []
+    out = array("I")
+    if needed:
+        keys = [h + id_offset for h in row.hash_ids[:needed]]
+        ids = blocks_tokens(seed, keys, MOONCAKE_BLOCK, space).reshape(-1)[: row.input_length]
+        out.frombytes(ids.astype(np.uint32).tobytes())
+    return out
 
 
 def mooncake(
