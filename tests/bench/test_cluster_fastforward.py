@@ -232,3 +232,23 @@ def test_an_arrival_exactly_at_a_step_boundary_inside_a_run() -> None:
     workload = [req("e0-a", 0.0, 64, 40), req("e0-x", boundary, 20, 5)]
     step, fast = both(workload, ById, engines=1, engine_config=cfg)
     assert_same(step, fast)
+
+
+def test_engines_reuse_the_routers_block_hashes_with_the_same_results() -> None:
+    """Token-block facts carry the prompt's hashes; engines take them instead of hashing again,
+    which must not change anything (they are the engine's own hashes)."""
+    shared = token_block_facts("sim-model", 16)
+
+    def unshared(req: WorkloadRequest):  # the same facts, without the block size to share by
+        return shared(req)
+
+    workload = WORKLOADS["shared_prefix"]
+    a, _ = both(workload, "affinity_cost", engines=3, facts_builder=shared)
+    b, _ = both(workload, "affinity_cost", engines=3, facts_builder=unshared)
+    assert outcome(a.result) == outcome(b.result)
+    assert a.result.prefix_hit_rate > 0.5
+    # A block size the engines do not use is not shared (the engines hash for themselves).
+    c, _ = both(
+        workload, "affinity_cost", engines=3, facts_builder=token_block_facts("sim-model", 32)
+    )
+    assert outcome(c.result)[0] != () and c.result.prefix_hit_rate > 0.5

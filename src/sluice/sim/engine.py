@@ -166,10 +166,18 @@ class Engine:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def add_request(self, request: SimRequest, check_ids: bool = True) -> None:
+    def add_request(
+        self,
+        request: SimRequest,
+        check_ids: bool = True,
+        block_hashes: list[int] | None = None,
+    ) -> None:
         """Queue a request (``RequestError`` if vLLM would refuse it). ``check_ids=False`` skips
         the vocabulary check, a scan of the whole prompt, for callers whose ids are in range by
-        construction (the cluster simulator's workloads)."""
+        construction (the cluster simulator's workloads). ``block_hashes``: the prompt's full
+        block hashes when the caller already has them exactly as this engine computes them
+        (``block_hash.hash_token_blocks`` with its block size, LoRA and seed), e.g. a router's
+        (``sluice.routing.hashing``, equal for seed 0 and no LoRA); they are trusted."""
         sampling = request.sampling
         prompt_len = len(request.prompt_token_ids)
         self._validate(request.request_id, prompt_len, sampling)
@@ -193,6 +201,7 @@ class Engine:
             request.priority,
             self.config.seed,
             self._hashing,
+            block_hashes,
         )
         self._requests[request.request_id] = seq
         heapq.heappush(self._pending, (seq.ready_time, seq.arrival_order, seq))

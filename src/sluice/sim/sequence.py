@@ -74,6 +74,7 @@ class Sequence:
         priority: int = 0,
         hash_seed: int = 0,
         hashing: bool = True,
+        block_hashes: list[int] | None = None,
     ) -> None:
         self.request_id = request_id
         self.token_ids = array("I", prompt_token_ids)
@@ -106,9 +107,11 @@ class Sequence:
         self.stop_text = ""  # decoded output so far; kept only when stop strings are set
         # Hashes of every full block of token_ids, extended as output tokens fill blocks.
         self.block_hashes: list[int] = (
-            hash_token_blocks(self.token_ids, block_size, lora_name, seed=hash_seed)
-            if hashing
-            else []
+            []
+            if not hashing
+            else list(block_hashes)
+            if block_hashes is not None
+            else hash_token_blocks(self.token_ids, block_size, lora_name, seed=hash_seed)
         )
         self.root_hash = root_hash(lora_name, hash_seed) if hashing else 0
 

@@ -19,11 +19,15 @@ class EngineHandle:
         self.block_size = int(getattr(cfg, "block_size", 16))
         self.num_blocks = int(getattr(engine, "num_gpu_blocks", 0) or 0)
 
-    def add(self, req: WorkloadRequest, t: float) -> None:
+    def add(
+        self, req: WorkloadRequest, t: float, hashes: tuple[int, list[int]] | None = None
+    ) -> None:
         """Raises ``sluice.sim.request.RequestError`` for a request the engine refuses.
 
         Workload prompts are drawn from a ``TokenSpace`` inside the vocabulary, so the engine
-        skips its per-token vocabulary scan; the engine copies the prompt itself.
+        skips its per-token vocabulary scan; the engine copies the prompt itself. ``hashes``:
+        ``(block size, block hashes)`` a router computed for the prompt (root seed 0, no LoRA);
+        the engine reuses them when they are its own, instead of hashing the prompt again.
         """
         engine = self.engine
         if not engine.has_unfinished() and t > engine.now:
@@ -36,7 +40,17 @@ class EngineHandle:
                 arrival_time=t,
             ),
             check_ids=False,
+            block_hashes=self._own(hashes),
         )
+
+    def _own(self, hashes: tuple[int, list[int]] | None) -> list[int] | None:
+        """``hashes`` if this engine would compute the very same ones, else None."""
+        if hashes is None:
+            return None
+        cfg = self.engine.config
+        block_size, values = hashes
+        same = block_size == self.block_size and cfg.seed == 0 and cfg.enable_prefix_caching
+        return values if same else None
 
     def step(self, t: float) -> tuple[float, list[RequestOutput]]:
         """One step begun at ``t``: when it ends (the engine's clock) and what it produced."""

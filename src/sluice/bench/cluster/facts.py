@@ -23,4 +23,5 @@ def token_block_facts(model: str, block_size: int = 16) -> FactsBuilder:
             stream=True,
         )
 
+    build.block_size = block_size  # type: ignore[attr-defined]  # the simulator shares them
     return build

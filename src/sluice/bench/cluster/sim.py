@@ -148,6 +148,9 @@ def _simulate(
         h.refresh(st)
     index = {st.id: i for i, st in enumerate(states)}
     build = facts_builder or default_facts(model)
+    # Token-block facts hold the prompt's block hashes: engines reuse them instead of hashing
+    # the prompt a second time (only when they are the engine's own; EngineHandle checks).
+    hash_block_size: int | None = getattr(build, "block_size", None)
     # Simulated endpoints are never probed or ejected, so ``Policy.pick``'s availability filter
     # would keep every candidate: go straight to ``choose`` (a 1,000-way scan less per request).
     choose = pol.choose if type(pol).pick is Policy.pick else pol.pick
@@ -276,8 +279,11 @@ def _simulate(
         reports[i].requests += 1
         if runs[i] is not None:
             cut_run(i, t, inclusive)
+        shared = None
+        if hash_block_size is not None and facts.block_hashes is not None:
+            shared = (hash_block_size, facts.block_hashes)
         try:
-            handles[i].add(req, t)
+            handles[i].add(req, t, shared)
         except RequestError as exc:
             complete(live[req.request_id], t, False, str(exc))
             return
