@@ -177,8 +177,24 @@ def test_affinity_cost_sticks_to_a_conversation_unless_saturated() -> None:
     )
     decision = policy.pick(follow_up, states, 0)
     assert decision.endpoint is home and "prefix match" in decision.reason
-    home.kv_usage = 0.97
+    home.kv_usage = 0.97  # below the default kv_saturation (0.99): memory is no reason to leave
+    assert policy.pick(follow_up, states, 0).endpoint is home
+    home.kv_usage = 0.995
+    assert policy.pick(follow_up, states, 0).endpoint.id == "e0"  # capacity unknown
+    # Capacity known: 0.5% of 10,000 blocks of 16 tokens holds the 200 uncached tokens; a full
+    # engine still serves a hit that needs only the blocks it does not share.
+    home.num_blocks, home.block_size = 10_000, 16
+    assert policy.pick(follow_up, states, 0).endpoint is home
+    home.kv_usage = 0.9995  # 5 free blocks, 80 tokens: no room, and e0 has room
     assert policy.pick(follow_up, states, 0).endpoint.id == "e0"
+    states[0].kv_usage = 0.99  # e0 is as full: stay home rather than recompute there
+    assert policy.pick(follow_up, states, 0).endpoint is home
+    states[0].kv_usage = 0.0
+    home.kv_usage = 0.5
+    home.waiting = 32  # a queue this long: leave, whatever the memory
+    assert policy.pick(follow_up, states, 0).endpoint.id == "e0"
+    home.waiting = 31
+    assert policy.pick(follow_up, states, 0).endpoint is home
 
 
 def test_cost_model_penalties_for_memory_and_load() -> None:

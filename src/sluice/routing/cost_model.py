@@ -166,11 +166,15 @@ class AffinityCost(CostModel):
     """Prefix affinity first, the cost model for everything else.
 
     A request whose best match covers more than ``cache_threshold`` of its prompt goes to that
-    endpoint unless it is saturated (KV usage at ``kv_saturation``, ``max_waiting`` queued in the
-    engine) -- sticking to a conversation's cache keeps it warm for its next turns, a benefit the
-    per-request TTFT does not count. Every other request (a miss, a saturated home, an
-    imbalanced fleet) goes where its predicted TTFT is lowest, which sees what request counts
-    do not: a huge prefill in progress, a queue of long prompts.
+    endpoint unless it is saturated -- sticking to a conversation's cache keeps it warm for its
+    next turns, a benefit the per-request TTFT does not count. Saturated means ``max_waiting``
+    requests queued in the engine, or too few free KV blocks for this request's uncached part
+    (at ``kv_saturation`` usage) while another candidate has them: a hit on a memory-full
+    engine needs only the blocks it does not share, and when every engine is full, waiting at
+    home beats waiting elsewhere and recomputing (leaving engines at high usage alone cost hit
+    rate and TTFT p99 on the Mooncake trace, bench/results/routing.md). Every other request (a
+    miss, a saturated home, an imbalanced fleet) goes where its predicted TTFT is lowest, which
+    sees what request counts do not: a huge prefill in progress, a queue of long prompts.
     """
 
     name = "affinity_cost"
@@ -180,8 +184,8 @@ class AffinityCost(CostModel):
         index: PrefixIndex | None = None,
         learn: bool = True,
         cache_threshold: float = 0.3,
-        kv_saturation: float = 0.95,
-        max_waiting: int = 10,
+        kv_saturation: float = 0.99,
+        max_waiting: int = 32,
         balance_abs: int = 64,
         balance_rel: float = 1.5,
         load_penalty: float = 0.5,
@@ -208,12 +212,30 @@ class AffinityCost(CostModel):
             return self.cheapest(facts, candidates, view)
         home = max(candidates, key=lambda c: (view.depths.get(c.id, 0), -c.load()))
         ratio = view.fraction(home.id)
-        saturated = home.kv_usage >= self.kv_saturation or home.waiting >= self.max_waiting
+        saturated = home.waiting >= self.max_waiting or self._memory_bound(home, candidates, view)
         if ratio <= self.cache_threshold or saturated:
             return self.cheapest(facts, candidates, view)
         self.remember(facts, candidates, view)
         scores = {c.id: round(view.fraction(c.id), 3) for c in candidates}
         return self.decision(home, view, f"prefix match {ratio:.2f}", scores)
+
+
+    def _memory_bound(
+        self, home: EndpointState, candidates: Sequence[EndpointState], view: CacheView
+    ) -> bool:
+        """The home cannot take this request's uncached part, and another candidate could:
+        when every engine is full, waiting at home beats waiting and recomputing elsewhere."""
+        if not self._no_room(home, view):
+            return False
+        return any(c is not home and not self._no_room(c, view) for c in candidates)
+
+    def _no_room(self, c: EndpointState, view: CacheView) -> bool:
+        if c.kv_usage < self.kv_saturation:
+            return False
+        if not c.num_blocks:  # capacity unknown: usage alone decides
+            return True
+        free_tokens = (1.0 - c.kv_usage) * c.num_blocks * c.block_size
+        return view.uncached_tokens(c.id) > free_tokens
 
 
 def _key(facts: RequestFacts) -> int | str:
