@@ -131,6 +131,7 @@ def run_variant(
     engine_opts: list[str],
     block_size: int,
     bytes_per_token: float = 4.0,
+    scrape_interval: float = 0.0,
 ) -> dict[str, Any]:
     cfg = engine_config(options=[f"block_size={block_size}", *engine_opts])
     handles: list[MeteredEngine] = []
@@ -167,6 +168,7 @@ def run_variant(
             text_block_facts(bytes_per_token) if text else token_block_facts(MODEL, block_size)
         ),
         model=MODEL,
+        scrape_interval=scrape_interval,
     )
     s = result.summary()
     kv = [x for h in handles for x in h.kv_samples]
@@ -271,6 +273,13 @@ def main() -> None:
     parser.add_argument(
         "--floor", type=float, default=0.0, help="also compute the TTFT p99 floor (top share)"
     )
+    parser.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=0.25,
+        help="simulated seconds between engine-state refreshes the policy sees (the gateway "
+        "scrapes /metrics every 0.25 s; 0 = fresh after every engine step)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON path (.md written beside)")
     args = parser.parse_args()
     options = parse_options(args.opt)
@@ -283,7 +292,13 @@ def main() -> None:
         t0 = time.perf_counter()
         variant = parse_variant(spec)
         row = run_variant(
-            variant, workload, args.engines, args.engine_opt, args.block_size, args.bytes_per_token
+            variant,
+            workload,
+            args.engines,
+            args.engine_opt,
+            args.block_size,
+            args.bytes_per_token,
+            args.scrape_interval,
         )
         rows.append(row)
         print(json.dumps(row), f"({time.perf_counter() - t0:.0f}s)", flush=True)
@@ -300,6 +315,7 @@ def main() -> None:
             "options": options,
             "engines": args.engines,
             "engine_opts": args.engine_opt,
+            "scrape_interval_s": args.scrape_interval,
             "rows": rows,
         }
         args.out.write_text(json.dumps(meta, indent=2) + "\n")
