@@ -45,9 +45,14 @@ def root_hash(lora_name: str | None = None, seed: int = 0) -> int:
 
 def hash_block(parent: int, tokens: Sequence[int]) -> int:
     """Hash of one full block of token ids given its parent's hash."""
-    if isinstance(tokens, array) and tokens.typecode == "I":  # a slice of Sequence.token_ids
-        return _h64(_pack_parent(parent & _MASK64) + tokens.tobytes())
     return _h64(_pack_parent(parent & _MASK64) + _token_packer(len(tokens))(*tokens))
+
+
+def hash_block_ids(parent: int, tokens: array[int]) -> int:
+    """``hash_block`` for an ``array('I')`` of ids (a slice of ``Sequence.token_ids``)."""
+    hasher = _BLAKE2B_64.copy()
+    hasher.update(_pack_parent(parent & _MASK64) + tokens.tobytes())
+    return int.from_bytes(hasher.digest(), "big")
 
 
 def hash_token_blocks(

@@ -47,7 +47,7 @@ class FreeBlockQueue:
         self,
         blocks: Iterable[KVBlock] = (),
         num_fresh: int = 0,
-        make_fresh: Callable[[int], list[KVBlock]] | None = None,
+        make_fresh: Callable[[int], list[KVBlock] | KVBlock] | None = None,
     ) -> None:
         self._head = KVBlock(-1)
         self._tail = KVBlock(-1)
@@ -61,8 +61,10 @@ class FreeBlockQueue:
         self.num_free += num_fresh
 
     def popleft(self) -> KVBlock:
-        if self.num_fresh:
-            return self._take_fresh(1)[0]
+        if self.num_fresh:  # the decode path's one block: skip the list _take_fresh builds
+            self.num_fresh -= 1
+            self.num_free -= 1
+            return self._make_fresh(0)  # type: ignore[misc, return-value]
         block = self._head.next_free
         if block is self._tail or block is None:
             raise IndexError("no free blocks")
@@ -72,7 +74,7 @@ class FreeBlockQueue:
     def _take_fresh(self, n: int) -> list[KVBlock]:
         self.num_fresh -= n
         self.num_free -= n
-        return self._make_fresh(n)  # type: ignore[misc]
+        return self._make_fresh(n)  # type: ignore[misc, return-value]
 
     def remove(self, block: KVBlock) -> None:
         prev, nxt = block.prev_free, block.next_free
@@ -156,10 +158,16 @@ class BlockPool:
         self.events: list[KVEvent] = []
         self.record_events = False
 
-    def _create(self, n: int) -> list[KVBlock]:
-        first = len(self.blocks)
+    def _create(self, n: int) -> list[KVBlock] | KVBlock:
+        """The next ``n`` never-used blocks; ``n == 0``: the next one, not in a list."""
+        blocks = self.blocks
+        first = len(blocks)
+        if n == 0:
+            block = KVBlock(first)
+            blocks.append(block)
+            return block
         new = [KVBlock(i) for i in range(first, first + n)]
-        self.blocks.extend(new)
+        blocks.extend(new)
         return new
 
     @property

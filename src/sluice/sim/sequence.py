@@ -6,7 +6,7 @@ from array import array
 from collections.abc import Sequence as Ids
 from enum import IntEnum
 
-from sluice.sim.block_hash import hash_block, hash_token_blocks, root_hash
+from sluice.sim.block_hash import hash_block_ids, hash_token_blocks, root_hash
 from sluice.sim.block_pool import KVBlock
 from sluice.sim.output import OutputPlan
 from sluice.sim.request import RequestTiming, SamplingParams
@@ -127,7 +127,7 @@ class Sequence:
         bs = self.block_size
         n = self.num_tokens
         parent = self.block_hashes[-1] if self.block_hashes else self.root_hash
-        self.block_hashes.append(hash_block(parent, self.token_ids[n - bs : n]))
+        self.block_hashes.append(hash_block_ids(parent, self.token_ids[n - bs : n]))
 
     def extend_output(self, tokens: list[int], hashing: bool) -> None:
         """Append several output tokens at once and extend the hash chain over every block they
@@ -142,7 +142,7 @@ class Sequence:
         ids = self.token_ids
         for end in range((old // bs + 1) * bs, n + 1, bs):
             parent = hashes[-1] if hashes else self.root_hash
-            hashes.append(hash_block(parent, ids[end - bs : end]))
+            hashes.append(hash_block_ids(parent, ids[end - bs : end]))
 
     def reset_for_recompute(self) -> None:
         """Preempted: KV is gone (blocks freed by the caller); prefill everything again."""
