@@ -2,12 +2,12 @@
 
 When every running request decodes, nobody waits, no request stops within the stretch and free
 KV blocks cover every block the stretch will allocate, each step is fully determined: every
-request gets one token, the step costs ``LatencyModel.decode_ends`` says, and the only changes to
-the block pool are one new block per request every ``block_size`` tokens and the caching of each
-block it fills. ``Engine.plan_decode_run`` computes the steps' end times without touching any
-state; ``Engine.advance_decode_run`` then applies the first ``m`` of them at once, with the pool
-operations in exactly the order step-by-step decoding would have made them (allocation order
-decides which cached blocks are evicted).
+request gets one token, each step costs what ``LatencyModel.decode_ends`` says, and the only
+changes to the block pool are one new block per request every ``block_size`` tokens and the
+caching of each block it fills. ``Engine.plan_decode_run`` computes the steps' end times
+without touching any state; ``Engine.advance_decode_run`` then applies the first ``m`` of them at
+once, with the pool operations in exactly the order step-by-step decoding would have made them
+(allocation order decides which cached blocks are evicted).
 
 The cluster simulator uses this to replace hundreds of nearly empty steps per request with one
 event (``sluice.bench.cluster``); results are identical to stepping (tests check it).
