@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from sluice.admission.headers import rate_limit_headers
 from sluice.admission.limits import (
     Kind,
     Limiter,
@@ -167,3 +168,35 @@ def test_in_process_fast_path_decides_like_the_full_gcra_evaluation(
         if got.allowed and i % 2:
             fast.settle_now(plan, f"t{i}", cost // 2)
             full.settle_now(plan, f"t{i}", cost // 2)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=1, max_value=50),  # request limit
+            st.integers(min_value=1, max_value=500),  # token cost
+            st.floats(min_value=0.0, max_value=5.0),  # seconds since the previous request
+        ),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_the_header_only_fast_path_reserves_and_answers_like_reserve_now(
+    steps: list[tuple[int, int, float]],
+) -> None:
+    """``reserve_headers`` (the gateway's common case) gives the headers of ``reserve_now``'s
+    verdict, reserves the same, and reserves nothing when it declines."""
+    fast_clock, full_clock = FakeClock(), FakeClock()
+    fast, full = MemoryLimiter(fast_clock), MemoryLimiter(full_clock)
+    for i, (rpm, cost, gap) in enumerate(steps):
+        fast_clock.advance(gap)
+        full_clock.advance(gap)
+        plan = Plan((req("k", rpm), tok("k", 300, cost), req("global", 40)), (SlotBucket("c", 3),))
+        want = full.reserve_now(plan, f"t{i}", 600.0)
+        got = fast.reserve_headers(plan, f"t{i}", 600.0)
+        if got is None:
+            assert not want.allowed
+            assert not fast.reserve_now(plan, f"t{i}", 600.0).allowed  # nothing was taken
+        else:
+            assert want.allowed and got == rate_limit_headers(want)
+        assert fast._tat == full._tat and fast._slots == full._slots

@@ -136,6 +136,10 @@ class Admission:
         if plan.empty:
             return None
         if self._memory is not None:
+            fast = self._memory.reserve_headers(plan, request_id, cfg.slot_ttl_s)
+            if fast is not None:  # everything fits: no verdict object needed
+                _ADMITTED.inc()
+                return Ticket(request_id, plan, MemoryLimiter.name, estimate, fast)
             verdict = self._memory.reserve_now(plan, request_id, cfg.slot_ttl_s)
         else:
             verdict = await self.limiter.reserve(plan, request_id, cfg.slot_ttl_s)

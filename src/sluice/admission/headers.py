@@ -54,18 +54,34 @@ def duration_bytes(seconds: float) -> bytes:
 
 
 def _append(out: list[tuple[bytes, bytes]], names: tuple[bytes, ...], state: BucketState) -> None:
+    _three(out, names, state.limit, state.remaining, state.reset_after)
+
+
+def append_headers(
+    out: list[tuple[bytes, bytes]], kind: Kind, limit: int, remaining: int, reset_after: float
+) -> None:
+    """The three headers of one bucket of ``kind`` (requests or tokens)."""
+    _three(out, _NAMES[kind], limit, remaining, reset_after)
+
+
+def _three(
+    out: list[tuple[bytes, bytes]],
+    names: tuple[bytes, ...],
+    limit_value: int,
+    remaining: int,
+    reset_after: float,
+) -> None:
     limit_name, remaining_name, reset_name = names
-    limit = _LIMITS.get(state.limit)
+    limit = _LIMITS.get(limit_value)
     if limit is None:
-        limit = str(state.limit).encode()
+        limit = str(limit_value).encode()
         if len(_LIMITS) < 1024:
-            _LIMITS[state.limit] = limit
-    remaining = state.remaining
+            _LIMITS[limit_value] = limit
     out.append((limit_name, limit))
     out.append(
         (remaining_name, _SMALL[remaining] if 0 <= remaining < 4096 else str(remaining).encode())
     )
-    out.append((reset_name, duration_bytes(state.reset_after)))
+    out.append((reset_name, duration_bytes(reset_after)))
 
 
 def rate_limit_headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from sluice.admission import headers
 from sluice.admission.limits import gcra
 from sluice.admission.limits.base import Limiter, refund
 from sluice.admission.limits.buckets import BucketState, Kind, Plan, RateBucket, Verdict
 
 _SWEEP_EVERY = 4096
+_Tight = tuple[tuple[int, RateBucket, float] | None, tuple[int, RateBucket, float] | None]
 _SLOT_RETRY = 1.0
 
 
@@ -34,6 +36,41 @@ class MemoryLimiter(Limiter):
         is what the response headers show. A refusal is worked out in full by ``_reserve_all``
         (every bucket's state)."""
         now = self._clock()
+        tight = self._fits(plan, ticket_id, slot_ttl, now)
+        if tight is None:
+            return self._reserve_all(plan, ticket_id, slot_ttl, now)
+        requests, tokens = tight
+        states = []
+        if requests is not None:
+            remaining, b, used = requests
+            states.append(BucketState(b.name, Kind.REQUESTS, b.limit, remaining, used))
+        if tokens is not None:
+            remaining, b, used = tokens
+            states.append(BucketState(b.name, Kind.TOKENS, b.limit, remaining, used))
+        return Verdict(True, 0.0, states, None, False, self.name)
+
+    def reserve_headers(
+        self, plan: Plan, ticket_id: str, slot_ttl: float
+    ) -> list[tuple[bytes, bytes]] | None:
+        """``reserve_now`` for the common case, returning the response's rate-limit headers
+        (``rate_limit_headers`` of its verdict) without building the verdict; None, with nothing
+        reserved, when something does not fit (then call ``reserve_now`` for the refusal)."""
+        tight = self._fits(plan, ticket_id, slot_ttl, self._clock())
+        if tight is None:
+            return None
+        requests, tokens = tight
+        out: list[tuple[bytes, bytes]] = []
+        if requests is not None:
+            remaining, b, used = requests
+            headers.append_headers(out, Kind.REQUESTS, b.limit, remaining, used)
+        if tokens is not None:
+            remaining, b, used = tokens
+            headers.append_headers(out, Kind.TOKENS, b.limit, remaining, used)
+        return out
+
+    def _fits(self, plan: Plan, ticket_id: str, slot_ttl: float, now: float) -> _Tight | None:
+        """Reserve every bucket if everything fits (returning the tightest rate bucket of each
+        kind); None, with nothing changed, otherwise."""
         self._ops += 1
         if not self._ops % _SWEEP_EVERY:
             self._sweep(now)
@@ -50,7 +87,7 @@ class MemoryLimiter(Limiter):
             base = tat if tat > now else now
             used = base + b.cost * interval - now
             if used > period + eps and base > now:
-                return self._reserve_all(plan, ticket_id, slot_ttl, now)
+                return None
             new_tats.append(used + now)
             left = int((period - used) / interval + eps)
             remaining = left if left > 0 else 0
@@ -62,19 +99,12 @@ class MemoryLimiter(Limiter):
         if plan.slots:
             for s in plan.slots:
                 if len(self._live_slots(s.name, now)) >= s.limit:
-                    return self._reserve_all(plan, ticket_id, slot_ttl, now)
+                    return None
             for s in plan.slots:
                 self._slots.setdefault(s.name, {})[ticket_id] = now + slot_ttl
         for b, new_tat in zip(plan.rates, new_tats, strict=True):
             tats[b.name] = new_tat
-        states = []
-        if requests is not None:
-            remaining, b, used = requests
-            states.append(BucketState(b.name, Kind.REQUESTS, b.limit, remaining, used))
-        if tokens is not None:
-            remaining, b, used = tokens
-            states.append(BucketState(b.name, Kind.TOKENS, b.limit, remaining, used))
-        return Verdict(True, 0.0, states, None, False, self.name)
+        return requests, tokens
 
     def _reserve_all(self, plan: Plan, ticket_id: str, slot_ttl: float, now: float) -> Verdict:
         verdict = Verdict(allowed=True, backend=self.name)
