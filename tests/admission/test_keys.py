@@ -14,6 +14,24 @@ from sluice.admission.principal import AuthError
 from tests.admission.services import FakeClock
 
 
+def _count_store_and_hmac(monkeypatch: pytest.MonkeyPatch, store: KeyStore) -> list[str]:
+    """Record each store lookup ("lookup") and HMAC verify ("hmac"), in order, still doing both."""
+    calls: list[str] = []
+    real_verify, real_get = keys.verify, store.get
+
+    def verify(salt: bytes, stored: bytes, secret: str) -> bool:
+        calls.append("hmac")
+        return real_verify(salt, stored, secret)
+
+    async def get(key_id: str) -> object:
+        calls.append("lookup")
+        return await real_get(key_id)
+
+    monkeypatch.setattr(keys, "verify", verify)
+    monkeypatch.setattr(store, "get", get)
+    return calls
+
+
 def test_generated_keys_have_the_prefix_and_parse_back() -> None:
     new = keys.generate()
     assert new.plaintext.startswith("sk-sluice-")
@@ -100,20 +118,7 @@ async def test_every_401_path_does_the_same_hashing_work(
     _, expired = await store.create(tenant="t", user="u", expires_at=clock.now - 1)
     revoked_record, revoked = await store.create(tenant="t", user="u")
     await store.revoke(revoked_record.key_id)
-    calls: list[str] = []
-    real_verify = keys.verify
-    real_get = store.get
-
-    def verify(salt: bytes, stored: bytes, secret: str) -> bool:
-        calls.append("hmac")
-        return real_verify(salt, stored, secret)
-
-    async def get(key_id: str) -> object:
-        calls.append("lookup")
-        return await real_get(key_id)
-
-    monkeypatch.setattr(keys, "verify", verify)
-    monkeypatch.setattr(store, "get", get)
+    calls = _count_store_and_hmac(monkeypatch, store)
     wrong = good[:-1] + ("B" if good[-1] != "B" else "C")
     unknown = f"sk-sluice-0123456789ab-{'a' * 43}"
     for token in (wrong, unknown, expired, revoked):
@@ -151,19 +156,7 @@ async def test_a_verified_key_is_served_from_the_cache_until_ttl_expiry_or_forge
     record, plaintext = await store.create(tenant="t", user="u", expires_at=clock.now + 3)
     header = f"Bearer {plaintext}"
     first = await auth.authenticate(header)
-    calls: list[str] = []
-    real_verify, real_get = keys.verify, store.get
-
-    def verify(salt: bytes, stored: bytes, secret: str) -> bool:
-        calls.append("hmac")
-        return real_verify(salt, stored, secret)
-
-    async def get(key_id: str) -> object:
-        calls.append("lookup")
-        return await real_get(key_id)
-
-    monkeypatch.setattr(keys, "verify", verify)
-    monkeypatch.setattr(store, "get", get)
+    calls = _count_store_and_hmac(monkeypatch, store)
     assert await auth.authenticate(header) is first
     assert calls == []  # no store lookup, no HMAC
     wrong = plaintext[:-1] + ("B" if plaintext[-1] != "B" else "C")
@@ -192,19 +185,7 @@ async def test_a_credential_in_use_is_reverified_in_the_background_before_it_exp
     _, plaintext = await store.create(tenant="t", user="u")
     header = f"Bearer {plaintext}"
     first = await auth.authenticate(header)
-    calls: list[str] = []
-    real_verify, real_get = keys.verify, store.get
-
-    def verify(salt: bytes, stored: bytes, secret: str) -> bool:
-        calls.append("hmac")
-        return real_verify(salt, stored, secret)
-
-    async def get(key_id: str) -> object:
-        calls.append("lookup")
-        return await real_get(key_id)
-
-    monkeypatch.setattr(keys, "verify", verify)
-    monkeypatch.setattr(store, "get", get)
+    calls = _count_store_and_hmac(monkeypatch, store)
     clock.advance(3.9)
     assert auth.cached(header) is first and calls == []  # not yet in the refresh window
     clock.advance(0.2)
