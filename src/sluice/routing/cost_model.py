@@ -212,13 +212,15 @@ class AffinityCost(CostModel):
             return self.cheapest(facts, candidates, view)
         home = max(candidates, key=lambda c: (view.depths.get(c.id, 0), -c.load()))
         ratio = view.fraction(home.id)
-        saturated = home.waiting >= self.max_waiting or self._memory_bound(home, candidates, view)
-        if ratio <= self.cache_threshold or saturated:
+        if (
+            ratio <= self.cache_threshold
+            or home.waiting >= self.max_waiting
+            or self._memory_bound(home, candidates, view)
+        ):
             return self.cheapest(facts, candidates, view)
         self.remember(facts, candidates, view)
         scores = {c.id: round(view.fraction(c.id), 3) for c in candidates}
         return self.decision(home, view, f"prefix match {ratio:.2f}", scores)
-
 
     def _memory_bound(
         self, home: EndpointState, candidates: Sequence[EndpointState], view: CacheView
