@@ -6,7 +6,8 @@ that could not be made to run.
     .venv/bin/python bench/peers/run_peers.py --workload multi_turn --engines 4 --time-scale 2 \\
         --router sluice:least_load --router sglang:cache_aware --router vllm:power_of_two
 
-A router is ``kind:policy``: ``sluice`` (this repository's gateway, any registered policy),
+A router is ``kind:policy``: ``sluice`` (this repository's gateway, any registered policy;
+``sluice-precise``: the same with the engines publishing KV events and the index mirroring them),
 ``sglang`` (PyPI sglang-router) or ``vllm`` (PyPI vllm-router). Peers are installed and run as
 published; nothing of theirs is copied or patched.
 """
@@ -34,9 +35,13 @@ VENVS = HERE / ".venvs"
 MODEL = "sim-model"
 
 
-def router_command(kind: str, policy: str, port: int, urls: list[str]) -> list[str]:
+def router_command(
+    kind: str, policy: str, port: int, urls: list[str], kv_events: list[str] | None = None
+) -> list[str]:
     if kind == "sluice":
         return gateway_command(port, policy, urls)
+    if kind == "sluice-precise":  # the engines publish KV events; the index mirrors them
+        return gateway_command(port, policy, urls, kv_events or [])
     if kind == "sglang":
         return [
             str(VENVS / "sglang/bin/python"),
@@ -81,12 +86,17 @@ def _run_one(args: argparse.Namespace, spec: str, workload: list, log_dir: Path)
     kind, _, policy = spec.partition(":")
     engine_opts = {k: int(v) for k, v in parse_options(args.engine_opt or []).items()}
     with start_engines(
-        args.engines, time_scale=args.time_scale, served_model_name=MODEL, **engine_opts
+        args.engines,
+        time_scale=args.time_scale,
+        served_model_name=MODEL,
+        kv_events=kind == "sluice-precise",
+        **engine_opts,
     ) as fleet:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         log_path = log_dir / f"{spec.replace(':', '-')}.log"
-        cmd = router_command(kind, policy, port, fleet.urls)
+        kv_events = [e for e in fleet.kv_event_endpoints if e]
+        cmd = router_command(kind, policy, port, fleet.urls, kv_events)
         with open(log_path, "w") as log:
             try:
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from typing import Any
 
 import uvicorn
 
@@ -20,7 +21,7 @@ from sluice.api.server import uvicorn_config
 from sluice.config import load_config
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--policy", default="least_load")
@@ -31,17 +32,40 @@ def main() -> None:
         help="keep admission (auth, limits) and governance (audit) on; off by default so that "
         "a routing comparison with peer routers, which have neither, is like for like",
     )
+    ap.add_argument(
+        "--kv-events",
+        default="",
+        help="comma-separated KV-event PUB addresses, one per URL in order: precise prefix "
+        "index (the engines' ZMQ events, exact tokens from their /tokenize)",
+    )
     ap.add_argument("urls", nargs="+")
-    args = ap.parse_args()
-    config = {
+    args = ap.parse_args(argv)
+    if args.kv_events and len(args.kv_events.split(",")) != len(args.urls):
+        ap.error("--kv-events needs one address per engine URL")
+    return args
+
+
+def build_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The gateway's configuration (as YAML data) for the benchmark's arguments."""
+    config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": args.port},
         "routing": {"policy": args.policy, "options": json.loads(args.options)},
         "logging": {"level": "warning", "requests": False},
         "endpoints": [{"url": u} for u in args.urls],
     }
+    if args.kv_events:
+        for endpoint, address in zip(config["endpoints"], args.kv_events.split(","), strict=True):
+            endpoint["labels"] = {"kv_events": address}
+        config["routing"]["prefix_index"] = {"mode": "precise"}
+        config["routing"]["facts"] = {"remote_tokenize": True}
     if not args.governed:
         config["admission"] = {"enabled": False}
         config["governance"] = {"ledger": {"enabled": False}}
+    return config
+
+
+def main() -> None:
+    config = build_config(parse_args())
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(config, f)  # JSON is YAML
     cfg = load_config(f.name)

@@ -18,9 +18,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def gateway_command(port: int, policy: str, urls: Sequence[str]) -> list[str]:
+def gateway_command(
+    port: int, policy: str, urls: Sequence[str], kv_events: Sequence[str] = ()
+) -> list[str]:
+    """``kv_events``: the engines' KV-event PUB addresses, in ``urls`` order, for precise mode."""
+    precise = ["--kv-events", ",".join(kv_events)] if kv_events else []
     return [sys.executable, "-m", "sluice.bench.gateway_proc", "--port", str(port),
-            "--policy", policy, *urls]  # fmt: skip
+            "--policy", policy, *precise, *urls]  # fmt: skip
 
 
 def probe(base: str, model: str) -> str | None:
