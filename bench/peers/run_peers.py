@@ -7,7 +7,8 @@ that could not be made to run.
         --router sluice:least_load --router sglang:cache_aware --router vllm:power_of_two
 
 A router is ``kind:policy``: ``sluice`` (this repository's gateway, any registered policy;
-``sluice-precise``: the same with the engines publishing KV events and the index mirroring them),
+``sluice-precise``: the same with the engines publishing KV events and the index mirroring them;
+``sluice-tokens``: approximate, on exact tokens from the engines' ``/tokenize``),
 ``sglang`` (PyPI sglang-router) or ``vllm`` (PyPI vllm-router). Peers are installed and run as
 published; nothing of theirs is copied or patched.
 """
@@ -42,6 +43,8 @@ def router_command(
         return gateway_command(port, policy, urls)
     if kind == "sluice-precise":  # the engines publish KV events; the index mirrors them
         return gateway_command(port, policy, urls, kv_events or [])
+    if kind == "sluice-tokens":  # approximate index on exact token blocks (engines' /tokenize)
+        return gateway_command(port, policy, urls, remote_tokenize=True)
     if kind == "sglang":
         return [
             str(VENVS / "sglang/bin/python"),

@@ -43,3 +43,11 @@ def test_kv_events_give_precise_mode_with_one_address_per_engine(tmp_path: Path)
 def test_kv_events_must_name_every_engine() -> None:
     with pytest.raises(SystemExit):
         parse_args(["--port", "9000", "--kv-events", "tcp://127.0.0.1:5557", *URLS])
+
+
+def test_remote_tokenize_keeps_the_approximate_index_on_exact_tokens(tmp_path: Path) -> None:
+    cmd = gateway_command(9000, "affinity_cost", URLS, remote_tokenize=True)
+    cfg = _load(build_config(parse_args(cmd[cmd.index("--port") :])), tmp_path)
+    assert cfg.routing.prefix_index.mode == "approximate"
+    assert cfg.routing.facts.remote_tokenize
+    assert all(not e.labels for e in cfg.endpoints)

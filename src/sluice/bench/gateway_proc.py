@@ -38,6 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated KV-event PUB addresses, one per URL in order: precise prefix "
         "index (the engines' ZMQ events, exact tokens from their /tokenize)",
     )
+    ap.add_argument(
+        "--remote-tokenize",
+        action="store_true",
+        help="exact prompt tokens from the engines' /tokenize (the approximate index then "
+        "learns token blocks, not text blocks); implied by --kv-events",
+    )
     ap.add_argument("urls", nargs="+")
     args = ap.parse_args(argv)
     if args.kv_events and len(args.kv_events.split(",")) != len(args.urls):
@@ -57,6 +63,7 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
         for endpoint, address in zip(config["endpoints"], args.kv_events.split(","), strict=True):
             endpoint["labels"] = {"kv_events": address}
         config["routing"]["prefix_index"] = {"mode": "precise"}
+    if args.kv_events or args.remote_tokenize:
         config["routing"]["facts"] = {"remote_tokenize": True}
     if not args.governed:
         config["admission"] = {"enabled": False}

@@ -19,12 +19,19 @@ def free_port() -> int:
 
 
 def gateway_command(
-    port: int, policy: str, urls: Sequence[str], kv_events: Sequence[str] = ()
+    port: int,
+    policy: str,
+    urls: Sequence[str],
+    kv_events: Sequence[str] = (),
+    remote_tokenize: bool = False,
 ) -> list[str]:
-    """``kv_events``: the engines' KV-event PUB addresses, in ``urls`` order, for precise mode."""
-    precise = ["--kv-events", ",".join(kv_events)] if kv_events else []
+    """``kv_events``: the engines' KV-event PUB addresses, in ``urls`` order, for precise mode;
+    ``remote_tokenize``: exact tokens from the engines' /tokenize (approximate mode)."""
+    extra = ["--kv-events", ",".join(kv_events)] if kv_events else []
+    if remote_tokenize:
+        extra.append("--remote-tokenize")
     return [sys.executable, "-m", "sluice.bench.gateway_proc", "--port", str(port),
-            "--policy", policy, *precise, *urls]  # fmt: skip
+            "--policy", policy, *extra, *urls]  # fmt: skip
 
 
 def probe(base: str, model: str) -> str | None:
