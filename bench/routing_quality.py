@@ -45,6 +45,7 @@ from sluice.sim.request import SamplingParams, SimRequest
 from sluice.sim.tokenizer import WordTokenizer
 
 MODEL = "sim-model"
+SGLANG_TREE_CHARS = 2**26  # sglang-router's default max_tree_size per worker
 
 
 class MeteredEngine(EngineHandle):
@@ -75,6 +76,13 @@ VARIANTS = {
     "least_load": Variant("least_load", "least_load", "none"),
     "prefix_affinity": Variant("prefix_affinity (SGLang 0.3/64/1.5)", "prefix_affinity"),
     "weighted": Variant("weighted (llm-d 3:2:2)", "weighted"),
+    # SGLang's router as published (own in-flight load, no saturation guard): the stand-in for
+    # the real sglang-router, which it matches over HTTP within a few percent (routing.md).
+    "sglang_model": Variant(
+        "SGLang router model (cache_aware 0.3/64/1.5)",
+        "prefix_affinity",
+        options={"own_load": True, "kv_saturation": 2.0, "max_waiting": 0, "bounded": False},
+    ),
     "cost_model": Variant("cost_model", "cost_model"),
     "affinity_cost": Variant("affinity_cost (default)", "affinity_cost"),
     "affinity_cost_text": Variant(
@@ -138,7 +146,13 @@ def run_variant(
     text = variant.mode == "text"
     # The index's block unit must match the facts': text blocks stand for 64 / bytes_per_token.
     unit = max(1, round(DEFAULT_TEXT_BLOCK_BYTES / bytes_per_token)) if text else block_size
-    index = PrefixIndex(tokens_per_block=unit)
+    # An unbounded peer model keeps SGLang's tree bound: 2^26 characters, ~4 per token.
+    capacity = SGLANG_TREE_CHARS // (4 * unit) if variant.options.get("bounded") is False else None
+    index = (
+        PrefixIndex(capacity, tokens_per_block=unit)
+        if capacity
+        else PrefixIndex(tokens_per_block=unit)
+    )
     mirror = KvEventMirror(index) if variant.mode == "precise" else None
 
     def factory(i: int) -> EngineHandle:

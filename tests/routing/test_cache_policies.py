@@ -219,3 +219,35 @@ def test_capacity_follows_a_change_of_the_index_unit() -> None:
     index.tokens_per_block = 8  # learned: each index block stands for fewer tokens
     policy.pick(_facts(list(range(16))), states, 0.0)
     assert index.capacity("e0") == 200
+
+
+def test_sglang_model_counts_only_its_own_requests_and_has_no_saturation_guard() -> None:
+    """The benchmark's stand-in for SGLang's router: load is the router's own in-flight count
+    (an engine's queue it does not see), and a hit goes home even on a memory-full engine."""
+    options = {"own_load": True, "kv_saturation": 2.0, "max_waiting": 0}
+    states = _states(2)
+    policy = make_policy("prefix_affinity", **options)
+    prompt = list(range(1024))
+    home = _route(policy, _facts(prompt), [states[0]]).endpoint
+    home.kv_usage, home.waiting = 1.0, 50
+    assert policy.pick(_facts(prompt), states, 1.0).endpoint is home
+    # The default guard sends the same hit away from the saturated engine.
+    guarded = make_policy("prefix_affinity", index=policy.index)
+    assert guarded.pick(_facts(prompt), states, 1.0).endpoint is states[1]
+    # A miss: e1 has more of the engine's queue but fewer of the router's own requests.
+    states[0].in_flight, states[0].waiting = 1, 0
+    states[1].in_flight, states[1].waiting = 0, 40
+    miss = _facts(list(range(90_000, 90_512)))
+    assert policy.pick(miss, states, 1.0).endpoint is states[1]
+    assert guarded.pick(miss, states, 1.0).endpoint is states[0]
+
+
+@pytest.mark.parametrize("bounded", [True, False])
+def test_index_bound_follows_the_engine_only_when_bounded(bounded: bool) -> None:
+    index = PrefixIndex(default_capacity=1_000_000)
+    policy = make_policy("prefix_affinity", index=index, bounded=bounded)
+    states = _states(1)
+    states[0].num_blocks, states[0].block_size = 100, 16
+    _route(policy, _facts(list(range(16 * 300))), states)
+    assert index.capacity("e0") == (100 if bounded else 1_000_000)
+    assert index.size("e0") == (100 if bounded else 300)

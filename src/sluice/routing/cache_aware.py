@@ -48,13 +48,18 @@ class CacheAwarePolicy(Policy):
     own BlockStored arrives. ``learn=False``: decisions never write to the index.
     """
 
-    def __init__(self, index: PrefixIndex | None = None, learn: bool = True) -> None:
+    def __init__(
+        self, index: PrefixIndex | None = None, learn: bool = True, bounded: bool = True
+    ) -> None:
         self.index = index if index is not None else PrefixIndex()
         self.learn = learn
+        # False: the index keeps its own bound instead of each engine's KV size (a peer model).
+        self.bounded = bounded
         self._geometry: dict[str, tuple[int, int, int]] = {}
 
     def view(self, facts: RequestFacts, candidates: Sequence[EndpointState]) -> CacheView:
-        self._sync_capacity(candidates)
+        if self.bounded:
+            self._sync_capacity(candidates)
         depths = (
             self.index.match(facts.block_hashes, among=[c.id for c in candidates])
             if facts.block_hashes
