@@ -6,8 +6,8 @@ This runs every variant on several windows (``--offsets`` into the Mooncake trac
 ``--seeds`` for the synthetic workloads) and reports each window and the geometric mean of the
 p99 ratios, so a claim rests on more than one run.
 
-    .venv/bin/python bench/routing_windows.py --workload mooncake --opt limit=3000 --opt speedup=3.75 \\
-      --offsets 0,3000,6000,9000 --variants affinity_cost,sglang_model --jobs 2
+    cd bench && ../.venv/bin/python routing_windows.py --workload mooncake --opt limit=3000 \\
+      --opt speedup=3.75 --offsets 0,3000,6000,9000 --variants affinity_cost,sglang_model --jobs 2
 """
 
 from __future__ import annotations
