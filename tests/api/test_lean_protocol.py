@@ -214,6 +214,8 @@ class _Route:
             raise RuntimeError("boom")
         if self.behaviour == "incomplete":
             return
+        if self.behaviour == "slow":
+            await asyncio.sleep(0.3)
         await exchange.send(
             {"type": "http.response.start", "status": 201, "headers": [(b"x-a", b"1")]}
         )
@@ -223,14 +225,21 @@ class _Route:
 
 
 @contextlib.asynccontextmanager
-async def _server(route: _Route) -> AsyncIterator[tuple[asyncio.StreamReader, Any]]:
+async def _server(
+    route: _Route, keep_alive_s: float = 5
+) -> AsyncIterator[tuple[asyncio.StreamReader, Any]]:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         raise AssertionError("the lean route went through ASGI")
 
     app.hot_routes = {b"/hot": route}  # type: ignore[attr-defined]
     sock = bind("127.0.0.1", 0)
     config = uvicorn.Config(
-        app, http=LeanRouteProtocol, log_level="critical", lifespan="off", proxy_headers=False
+        app,
+        http=LeanRouteProtocol,
+        log_level="critical",
+        lifespan="off",
+        proxy_headers=False,
+        timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -302,3 +311,20 @@ async def test_a_route_that_fails_mid_answer_has_its_connection_closed(behaviour
         assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"1\r\nx\r\n")
     else:
         assert data == b""
+
+
+async def test_keep_alive_closes_an_idle_connection_after_the_timeout_only() -> None:
+    """One keep-alive timer per connection (not one per response): a request that runs past
+    the timeout is not cut, and the connection closes once idle for the whole timeout."""
+    loop = asyncio.get_running_loop()
+    async with _server(_Route("slow"), keep_alive_s=0.2) as (reader, writer):
+        for _ in range(2):  # each 0.3 s: the timer fires while the connection is busy
+            writer.write(_post("/hot"))
+            status, _, body = await _read_response(reader)
+            assert status == 201 and body == b"abcd"
+        await asyncio.sleep(0.1)
+        writer.write(_post("/hot"))  # idle for half the timeout: still open
+        assert (await _read_response(reader))[0] == 201
+        idle_from = loop.time()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert 0.19 <= loop.time() - idle_from < 0.6

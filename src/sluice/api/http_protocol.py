@@ -286,6 +286,9 @@ class LeanRouteProtocol(HeldHeadProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Loop time the connection went idle (its last response complete); None while a
+        # request is being read or served. See ``on_response_complete``.
+        self._idle_since: float | None = None
         # The app itself, not wrapped by uvicorn (proxy headers, trace logging): middleware
         # must see every request, so a wrapped app serves everything through ASGI.
         hot: dict[bytes, HotRoute] | None = getattr(self.app, "hot_routes", None)
@@ -360,6 +363,7 @@ class LeanRouteProtocol(HeldHeadProtocol):
         super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_keep_alive()
         cycle = self.cycle
         if type(cycle) is not Exchange:
             super().connection_lost(exc)
@@ -371,3 +375,44 @@ class LeanRouteProtocol(HeldHeadProtocol):
         finally:
             self.cycle = cycle
         cycle.lost()
+
+    # -- keep-alive timeout without a timer per request ---------------------------------------
+    # uvicorn arms a ``call_later`` after every response and cancels it on the next request's
+    # first bytes: a timer created and cancelled per request. Here one timer per connection
+    # stays armed; when it fires it closes the connection only if it has been idle for the
+    # whole timeout, and otherwise re-arms for the rest of it (or not at all while busy).
+
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle_since = None  # data arrived: not idle (uvicorn cancels its timer here)
+
+    def on_response_complete(self) -> None:
+        # uvicorn's ``on_response_complete``, less the timer per response.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self._keep_alive_check
+            )
+
+    def _keep_alive_check(self) -> None:
+        self.timeout_keep_alive_task = None
+        idle_since = self._idle_since
+        if idle_since is None or self.transport.is_closing():
+            return  # busy: the next response completion arms the timer again
+        left = idle_since + self.timeout_keep_alive - self.loop.time()
+        if left <= 0:
+            self.timeout_keep_alive_handler()
+        else:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_check)
+
+    def _cancel_keep_alive(self) -> None:
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
