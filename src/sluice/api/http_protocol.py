@@ -14,7 +14,7 @@ iteration, as soon as uvicorn would have.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from uvicorn.protocols.http.httptools_impl import (
@@ -122,7 +122,10 @@ class HotRoute(Protocol):
     # Bodies declared larger than this go through ASGI (which answers the 413).
     max_body_bytes: int
 
-    async def serve_exchange(self, exchange: Exchange) -> None: ...
+    def serve_exchange(self, exchange: Exchange) -> Awaitable[None]:
+        """Called in the request's task, once the whole body is in; answers through
+        ``exchange.send``."""
+        ...
 
 
 class Exchange:
