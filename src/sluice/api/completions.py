@@ -53,7 +53,7 @@ class CompletionsHandler:
         one frame fewer to pass through each time the task resumes."""
         client = exchange.client
         ctx = self._context(dict(exchange.headers), client[0] if client else None)
-        task = asyncio.current_task()
+        task = exchange.task  # this request's task (cheaper than asyncio.current_task())
 
         def disconnected() -> None:
             if not ctx.response_done and task is not None:

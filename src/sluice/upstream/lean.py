@@ -311,15 +311,22 @@ class _Pool:
                 self._heads[path] = head
         return head
 
+    def take_idle(self) -> _Connection | None:
+        """A pooled connection that is still usable, most recently used first, or None."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.lost and time.monotonic() - conn.idle_since < self.keepalive:
+                conn.reused = True
+                return conn
+            conn.close()
+        return None
+
     async def acquire(self) -> _Connection:
         while True:
-            idle = self.idle
-            while idle:
-                conn = idle.pop()
-                if not conn.lost and time.monotonic() - conn.idle_since < self.keepalive:
-                    conn.reused = True
-                    return conn
-                conn.close()
+            conn = self.take_idle()
+            if conn is not None:
+                return conn
             if self.open < self.limit:
                 self.open += 1
                 try:
@@ -424,7 +431,8 @@ class LeanClient:
             body,
         )
         while True:
-            conn = await pool.acquire()
+            # The common case without a coroutine: an idle keep-alive connection is ready.
+            conn = pool.take_idle() or await pool.acquire()
             try:
                 conn.send(request)
                 while not conn.headers_done:
