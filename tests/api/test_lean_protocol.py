@@ -14,9 +14,11 @@ import orjson
 import pytest
 import uvicorn
 
+from sluice.api.app import build_app
 from sluice.api.completions import CompletionsHandler
+from sluice.api.gateway import Gateway
 from sluice.api.http_protocol import Exchange, LeanRouteProtocol
-from sluice.api.server import bind
+from sluice.api.server import bind, uvicorn_config
 from tests.api.engine_double import MODEL, EngineDouble
 from tests.api.helpers import gateway_config, running_gateway
 
@@ -328,3 +330,30 @@ async def test_keep_alive_closes_an_idle_connection_after_the_timeout_only() -> 
         idle_from = loop.time()
         assert await asyncio.wait_for(reader.read(), 5) == b""
         assert 0.19 <= loop.time() - idle_from < 0.6
+
+
+async def test_shutdown_lets_a_lean_stream_finish_then_closes_its_connection(
+    engine: EngineDouble, paths: list[str]
+) -> None:
+    """uvicorn's graceful shutdown sees the exchange as the connection's cycle: the stream in
+    flight completes, the connection closes after it, then the server exits."""
+    engine.chunks, engine.chunk_delay = 5, 0.05
+    config = gateway_config([engine.url])
+    gateway = Gateway(config, extensions=False)
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn_config(build_app(gateway), config))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+    writer.write(_post(body=orjson.dumps({**CHAT, "stream": True})))
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)  # the stream has begun
+    server.should_exit = True
+    rest = await asyncio.wait_for(reader.read(), 5)  # to the close
+    await asyncio.wait_for(serving, 5)
+    writer.close()
+    sock.close()
+    assert rest.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+    assert rest.count(b'"content":"x"') == 5
+    assert paths == ["lean"]
