@@ -216,6 +216,9 @@ class _Route:
             raise RuntimeError("boom")
         if self.behaviour == "incomplete":
             return
+        if self.behaviour == "bad_header":  # a value that would split the response
+            headers = [(b"x-a", b"1\r\nset-cookie: x=1")]
+            await exchange.send({"type": "http.response.start", "status": 200, "headers": headers})
         if self.behaviour == "slow":
             await asyncio.sleep(0.3)
         await exchange.send(
@@ -304,14 +307,14 @@ async def test_a_failing_route_gets_a_500_and_the_connection_closes() -> None:
     assert status == 500 and body == b"Internal Server Error" and headers["connection"] == "close"
 
 
-@pytest.mark.parametrize("behaviour", ["raise_after_head", "incomplete"])
+@pytest.mark.parametrize("behaviour", ["raise_after_head", "incomplete", "bad_header"])
 async def test_a_route_that_fails_mid_answer_has_its_connection_closed(behaviour: str) -> None:
     async with _server(_Route(behaviour)) as (reader, writer):
         writer.write(_post("/hot"))
         data = await asyncio.wait_for(reader.read(), 5)  # to the close
     if behaviour == "raise_after_head":
         assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"1\r\nx\r\n")
-    else:
+    else:  # nothing was written (the bad header never reaches the wire)
         assert data == b""
 
 

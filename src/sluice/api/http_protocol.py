@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from uvicorn.protocols.http.httptools_impl import (
+    HEADER_VALUE_RE,
     STATUS_LINE,
     HttpToolsProtocol,
     RequestResponseCycle,
@@ -215,13 +216,16 @@ class Exchange:
             protocol.on_response_complete()
 
     def _encode_head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-        # The handlers' own header names and values (lower-case, no CR/LF: the request id is
-        # checked to be printable), so uvicorn's per-header validation is not repeated here.
+        # Names come from the handlers' code (lower-case constants); values are checked as
+        # uvicorn checks them, since some carry request data (a header injected through a value
+        # would split the response).
         parts = [STATUS_LINE[status]]
         for name, value in self._protocol.server_state.default_headers:
             parts += (name, b": ", value, b"\r\n")
         length = False
         for name, value in headers:
+            if HEADER_VALUE_RE.search(value):
+                raise RuntimeError("Invalid HTTP header value.")
             if name == b"content-length":
                 length = True
             parts += (name, b": ", value, b"\r\n")
