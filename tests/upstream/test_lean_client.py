@@ -268,6 +268,41 @@ async def test_idle_read_timeout_before_headers_and_mid_body() -> None:
     client.close()
 
 
+async def test_idle_read_timeout_counts_from_each_wait_not_from_the_first() -> None:
+    """One timer per connection, re-armed when it fires: a stream whose parts are each less
+    than the timeout apart is never cut however long it runs, and a silence is timed from
+    when its own wait began, on a reused connection too."""
+
+    async def steady_then_silent(conn: Conn) -> None:
+        await conn.request()
+        conn.writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(6):  # 6 x 0.06 s: longer than the 0.15 s timeout in all
+            await asyncio.sleep(0.06)
+            conn.writer.write(b"1\r\nx\r\n")
+        conn.writer.write(b"0\r\n\r\n")
+        await conn.writer.drain()
+        await conn.request()  # the second request on the same connection: never answered
+        await asyncio.sleep(5)
+
+    client = LeanClient(read_timeout=0.15)
+    loop = asyncio.get_running_loop()
+    async with serving(steady_then_silent) as server:
+        response = await client.post(server.url, "/v1/completions", b"{}", "r")
+        body = b""
+        while chunk := await response.chunk():
+            body += chunk
+        assert body == b"x" * 6
+        response.release()
+        await asyncio.sleep(0.1)  # idle in the pool while the connection's timer is armed
+        started = loop.time()
+        with pytest.raises(UpstreamError) as err:
+            await client.post(server.url, "/v1/completions", b"{}", "r2")
+        waited = loop.time() - started
+        assert err.value.reason == "timeout" and 0.14 <= waited < 0.5
+        assert len(server.connections) == 1  # the second request reused the connection
+    client.close()
+
+
 async def test_connect_error_and_connect_timeout() -> None:
     async with serving(keep_answering) as server:
         url = server.url

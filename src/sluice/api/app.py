@@ -59,4 +59,6 @@ def build_app(gateway: Gateway) -> Any:
         await light(scope, receive, send)
 
     app.gateway = gateway  # type: ignore[attr-defined]
+    # Served without ASGI by ``LeanRouteProtocol`` in the common case (exact path, POST).
+    app.hot_routes = {path.encode(): handler for path, handler in hot.items()}  # type: ignore[attr-defined]
     return app

@@ -11,13 +11,17 @@ import asyncio
 import itertools
 import secrets
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from sluice.api.context import CANCELLED, OK, REJECTED, UPSTREAM_ERROR, RequestContext
 from sluice.api.errors import ApiError, error_body
 from sluice.api.gateway import Gateway
 from sluice.api.parse import parse_into, read_body
 from sluice.api.proxy import proxy
+
+if TYPE_CHECKING:
+    from sluice.api.http_protocol import Exchange
 
 Scope = dict[str, Any]
 Receive = Any
@@ -27,34 +31,67 @@ _MAX_REQUEST_ID = 128
 
 
 class CompletionsHandler:
+    """One hot route; ASGI callable, and a ``HotRoute`` for ``LeanRouteProtocol``."""
+
     def __init__(self, gateway: Gateway, path: str) -> None:
         self.gw = gateway
         self.path = path
-        self._limit = gateway.config.server.max_body_bytes
+        self._limit = self.max_body_bytes = gateway.config.server.max_body_bytes
         self._log_requests = gateway.config.logging.requests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gw = self.gw
-        headers = dict(scope["headers"])
+        """The ASGI entry: requests the lean protocol does not take (and ASGI-only servers)."""
         client = scope.get("client")
-        ctx = RequestContext(
+        ctx = self._context(dict(scope["headers"]), client[0] if client else None)
+        await self._serve(ctx, send, receive, b"")
+
+    def serve_exchange(self, exchange: Exchange) -> Coroutine[Any, Any, None]:
+        """The lean entry (``LeanRouteProtocol``): the body is complete, and the protocol
+        reports a disconnect through ``exchange.on_disconnect`` (no watcher task).
+
+        Called in the request's task; returns ``_serve``'s coroutine rather than awaiting it,
+        one frame fewer to pass through each time the task resumes."""
+        client = exchange.client
+        ctx = self._context(dict(exchange.headers), client[0] if client else None)
+        task = exchange.task  # this request's task (cheaper than asyncio.current_task())
+
+        def disconnected() -> None:
+            if not ctx.response_done and task is not None:
+                ctx.client_gone = True
+                task.cancel()
+
+        exchange.on_disconnect = disconnected
+        return self._serve(ctx, exchange.send, None, exchange.body)
+
+    def _context(self, headers: dict[bytes, bytes], client: str | None) -> RequestContext:
+        return RequestContext(
             request_id=_request_id(headers.get(b"x-request-id")),
             path=self.path,
             headers=headers,
-            client=client[0] if client else None,
-            started=gw.clock(),
+            client=client,
+            started=self.gw.clock(),
             started_wall=time.time(),
         )
+
+    async def _serve(
+        self, ctx: RequestContext, send: Send, receive: Receive | None, body: bytes
+    ) -> None:
+        """Parse, admit, route and proxy, then settle and record. With ``receive`` (ASGI) the
+        body is read from it and a watcher task turns a disconnect into a cancellation;
+        without, ``body`` is the whole body and the caller arranges the cancellation."""
+        gw = self.gw
         gw.metrics.in_flight += 1
         watcher: asyncio.Task[None] | None = None
         try:
             try:
                 try:
-                    ctx.raw_body = await read_body(headers, receive, self._limit)
-                    parse_into(ctx, ctx.raw_body)
-                    watcher = asyncio.get_running_loop().create_task(
-                        _watch_disconnect(receive, ctx, asyncio.current_task())
-                    )
+                    if receive is not None:
+                        body = await read_body(ctx.headers, receive, self._limit)
+                    parse_into(ctx, body)
+                    if receive is not None:
+                        watcher = asyncio.get_running_loop().create_task(
+                            _watch_disconnect(receive, ctx, asyncio.current_task())
+                        )
                     if gw.hooks.admit:
                         await self._admit(ctx)
                     ctx.admitted = True

@@ -201,6 +201,9 @@ async def _stream(
     headers.extend(_SSE_HEADERS)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     out = tap.feed(first)
+    if not out:
+        # No complete event yet: the head goes out now, not with the first event.
+        await send({"type": "http.response.body", "body": b"", "more_body": True})
     try:
         # What arrived is sent before waiting for more; once the engine has sent everything,
         # the rest goes out with the final message (one write fewer for short answers).

@@ -53,6 +53,9 @@ class _Connection(asyncio.Protocol):
         self.counted = True  # holds one of the pool's ``limit`` slots
         self.idle_since = 0.0
         self.reused = False  # taken from the idle list (it has served a request before)
+        # The idle-read timeout: when the current wait began, and the connection's one timer.
+        self.wait_since = 0.0
+        self.timer: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -90,6 +93,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if not self.active:
             self.pool.forget(self)  # an idle connection the engine closed
             return
@@ -154,16 +160,27 @@ class _Connection(asyncio.Protocol):
             raise self.error
         waiter = self.waiter = self.loop.create_future()
         timeout = self.pool.read_timeout
-        timer = None if timeout is None else self.loop.call_later(timeout, self._timed_out)
+        if timeout is not None:
+            # Not a timer per wait (one created and cancelled per request): the connection
+            # keeps one armed, which checks when it fires whether the current wait is overdue.
+            self.wait_since = self.loop.time()
+            if self.timer is None:
+                self.timer = self.loop.call_later(timeout, self._check_timeout)
         try:
             await waiter
         finally:
             self.waiter = None
-            if timer is not None:
-                timer.cancel()
 
-    def _timed_out(self) -> None:
-        self._fail(UpstreamError("timeout", f"engine silent for {self.pool.read_timeout}s"))
+    def _check_timeout(self) -> None:
+        self.timer = None
+        timeout = self.pool.read_timeout
+        if self.waiter is None or self.waiter.done() or timeout is None or self.lost:
+            return  # not waiting: the next wait arms the timer again
+        left = self.wait_since + timeout - self.loop.time()
+        if left <= 0:
+            self._fail(UpstreamError("timeout", f"engine silent for {timeout}s"))
+        else:
+            self.timer = self.loop.call_later(left, self._check_timeout)
 
     def take(self) -> bytes:
         """Every body byte received so far (maybe b"")."""
@@ -294,15 +311,22 @@ class _Pool:
                 self._heads[path] = head
         return head
 
+    def take_idle(self) -> _Connection | None:
+        """A pooled connection that is still usable, most recently used first, or None."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.lost and time.monotonic() - conn.idle_since < self.keepalive:
+                conn.reused = True
+                return conn
+            conn.close()
+        return None
+
     async def acquire(self) -> _Connection:
         while True:
-            idle = self.idle
-            while idle:
-                conn = idle.pop()
-                if not conn.lost and time.monotonic() - conn.idle_since < self.keepalive:
-                    conn.reused = True
-                    return conn
-                conn.close()
+            conn = self.take_idle()
+            if conn is not None:
+                return conn
             if self.open < self.limit:
                 self.open += 1
                 try:
@@ -407,7 +431,8 @@ class LeanClient:
             body,
         )
         while True:
-            conn = await pool.acquire()
+            # The common case without a coroutine: an idle keep-alive connection is ready.
+            conn = pool.take_idle() or await pool.acquire()
             try:
                 conn.send(request)
                 while not conn.headers_done:
