@@ -85,11 +85,18 @@ VARIANTS = {
     ),
     "cost_model": Variant("cost_model", "cost_model"),
     "affinity_cost": Variant("affinity_cost (default)", "affinity_cost"),
+    # Before session 5: the approximate index as a plain LRU of each engine's KV size.
+    "affinity_cost_lru": Variant(
+        "affinity_cost, plain LRU index", "affinity_cost", options={"free_queue": False}
+    ),
     "affinity_cost_text": Variant(
         "affinity_cost, no tokenizer (text blocks)", "affinity_cost", "text"
     ),
     "affinity_cost_precise": Variant(
-        "affinity_cost, precise (KV events)", "affinity_cost", "precise"
+        "affinity_cost, precise (KV events)",
+        "affinity_cost",
+        "precise",
+        options={"free_queue": False},
     ),
     "cost_model_precise": Variant("cost_model, precise (KV events)", "cost_model", "precise"),
     "prefix_affinity_precise": Variant(

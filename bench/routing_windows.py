@@ -35,7 +35,7 @@ def _one(job: tuple[str, dict[str, str], str], args: argparse.Namespace) -> dict
     t0 = time.perf_counter()
     row = run_variant(
         parse_variant(spec), workload, args.engines, args.engine_opt, args.block_size,
-        scrape_interval=args.scrape_interval,
+        bytes_per_token=args.bytes_per_token, scrape_interval=args.scrape_interval,
     )  # fmt: skip
     row["window"] = options.get("offset") or options.get("seed") or "0"
     row["spec"] = spec
@@ -54,6 +54,9 @@ def main() -> None:
     ap.add_argument("--engines", type=int, default=8)
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--scrape-interval", type=float, default=0.25)
+    ap.add_argument(
+        "--bytes-per-token", type=float, default=4.0, help="text-block variants' token estimate"
+    )
     ap.add_argument("--trace", default="/work/shared/traces/mooncake_conversation.jsonl")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)

@@ -251,3 +251,31 @@ def test_index_bound_follows_the_engine_only_when_bounded(bounded: bool) -> None
     _route(policy, _facts(list(range(16 * 300))), states)
     assert index.capacity("e0") == (100 if bounded else 1_000_000)
     assert index.size("e0") == (100 if bounded else 300)
+
+
+def test_free_queue_index_forgets_idle_conversations_when_the_engine_fills_up() -> None:
+    """With ``free_queue`` the index treats an ended conversation as evictable, and once the
+    engine's KV is full of running requests its next turn is placed as the miss it will be."""
+    states = _states(2)
+    for s in states:
+        s.num_blocks, s.block_size = 1000, 16
+    policy = make_policy("affinity_cost", free_queue=True)
+    turn1 = list(range(3200))  # 200 blocks
+    facts = _facts(turn1, "t1")
+    first = _route(policy, facts, states)
+    home = first.endpoint
+    assert policy.index.pinned(home.id) == 200
+    home.kv_usage = 1.0  # running requests hold every block ...
+    assert policy.pick(_facts(turn1 + [7] * 32), states, 1.0).endpoint is home  # ... in flight
+    policy.on_complete(facts, home, 2.0, 0.5, True)
+    home.kv_usage = 0.5  # the turn ended with room to spare: still cached
+    assert policy.pick(_facts(turn1 + [7] * 32), states, 3.0).endpoint is home
+    home.kv_usage = 1.0  # then other requests filled the engine: the idle turn is evicted
+    other = next(s for s in states if s is not home)
+    home.in_flight, other.in_flight = 3, 2
+    again = policy.pick(_facts(turn1 + [7] * 32), states, 4.0)
+    assert again.cached_tokens == 0 and again.endpoint is other
+    # the same without the model: the index still believes the engine holds it
+    plain = make_policy("affinity_cost")
+    _route(plain, _facts(turn1, "t1"), [home])
+    assert plain.view(_facts(turn1 + [7] * 32), states).depths == {home.id: 200}

@@ -112,6 +112,11 @@ async def _load_returns_to_zero(server: GatewayServer) -> None:
             break
         await asyncio.sleep(0.02)
     assert [(s.in_flight, s.in_flight_prefill_tokens) for s in states] == [(0, 0)] * len(states)
+    # ... and every prompt the free-queue model pinned at dispatch was released (approximate).
+    policy = server.gateway.policy
+    if getattr(policy, "free_queue", False):
+        assert [policy.index.pinned(s.id) for s in states] == [0] * len(states)  # type: ignore[attr-defined]
+        assert policy.index.stats().blocks > 0  # type: ignore[attr-defined]  # still cached
 
 
 async def test_approximate_mode_sends_the_next_turn_home(engines: EngineFleet) -> None:

@@ -96,6 +96,9 @@ def test_build_routing_keeps_block_units_consistent() -> None:
     facts, router, index = build_routing(RoutingConfig())
     assert index is not None and index.tokens_per_block == facts.tokens_per_block == 16
     assert router.policy.name == "affinity_cost"
+    assert router.policy.free_queue is True  # type: ignore[attr-defined]  # approximate default
+    off = RoutingConfig.model_validate({"prefix_index": {"free_queue": False}})
+    assert build_routing(off)[1].policy.free_queue is False  # type: ignore[attr-defined]
     tok = WordTokenizer()
     cfg = RoutingConfig.model_validate(
         {"prefix_index": {"mode": "precise", "block_size": 32}, "policy": "prefix_affinity"}
@@ -103,6 +106,8 @@ def test_build_routing_keeps_block_units_consistent() -> None:
     facts, router, index = build_routing(cfg, tok.encode)
     assert index is not None and index.tokens_per_block == 32 == facts.block_size
     assert router.policy.learn is True  # type: ignore[attr-defined]  # predicts dispatches
+    # the engines' events say what they evicted: no free-queue model on top
+    assert router.policy.free_queue is False  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="tokenizer"):
         build_routing(cfg)
     cfg.prefix_index.predict_dispatch = False

@@ -152,3 +152,101 @@ def test_lookup_cost_is_per_prompt_block_not_per_endpoint_and_block() -> None:
         depths = idx.match(prompt)
         assert len(depths) == endpoints
         assert _CountingDict.gets <= len(prompt)  # one lookup per block, whatever the fleet
+
+
+def test_free_queue_model_pins_in_flight_prompts_and_bounds_idle_ones() -> None:
+    idx = PrefixIndex(default_capacity=100)
+    a = hash_token_blocks(list(range(6 * 16)), 16)
+    b = hash_token_blocks(list(range(7000, 7000 + 4 * 16)), 16)
+    idx.pin("e", a)
+    idx.pin("e", b)
+    idx.set_idle_capacity("e", 0)  # the engine's KV is full of running requests
+    assert idx.pinned("e") == 10 and idx.match(a) == {"e": 6}  # in flight: still shared
+    idx.unpin("e", a)  # its request ended: the engine's free pool grew by its blocks
+    assert idx.match(a) == {"e": 6} and idx.pinned("e") == 4
+    idx.set_idle_capacity("e", 0)  # then new requests took every free block
+    assert idx.match(a) == {} and idx.size("e") == 4
+    idx.unpin("e", b)
+    idx.set_idle_capacity("e", 3)
+    # released tail first, as the engine's free queue: the head survives
+    assert idx.match(b) == {"e": 3} and idx.pinned("e") == 0
+    idx.pin("e", b[:2])  # a hit takes the blocks back out of the free queue
+    idx.set_idle_capacity("e", 0)
+    assert idx.match(b) == {"e": 2}
+
+
+def test_a_block_shared_by_two_requests_stays_pinned_until_both_end() -> None:
+    idx = PrefixIndex()
+    system = hash_token_blocks(list(range(32)), 16)
+    idx.pin("e", system)
+    idx.pin("e", system)
+    idx.set_idle_capacity("e", 0)
+    idx.unpin("e", system)
+    idx.set_idle_capacity("e", 0)
+    assert idx.match(system) == {"e": 2} and idx.pinned("e") == 2
+    idx.unpin("e", system)
+    assert idx.pinned("e") == 0 and idx.match(system) == {"e": 2}
+    idx.set_idle_capacity("e", 0)
+    assert idx.match(system) == {} and idx.size("e") == 0
+    idx.unpin("e", system)  # a stray release is harmless
+    assert idx.size("e") == 0
+
+
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["pin", "unpin", "free"]), st.integers(0, 20), st.integers(1, 6)),
+        max_size=60,
+    ),
+    cap=st.integers(1, 30),
+)
+@settings(max_examples=200)
+def test_free_queue_model_agrees_with_a_naive_engine_pool(
+    ops: list[tuple[str, int, int]], cap: int
+) -> None:
+    """The index against a list model of vLLM's pool: held blocks by reference count, idle
+    ones in LRU order, the idle ones bounded by the free blocks and all of them by capacity."""
+    idx = PrefixIndex(default_capacity=cap)
+    refs: dict[int, int] = {}
+    lru: list[int] = []
+    free: int | None = None
+    flight: list[list[int]] = []
+
+    def trim() -> None:
+        over = len(lru) + len(refs) - cap
+        if free is not None:
+            over = max(over, len(lru) - free)
+        del lru[: max(0, min(over, len(lru)))]
+
+    for op, start, n in ops:
+        if op == "pin":
+            hashes = hash_token_blocks(list(range(start, start + 4 * n)), 4)
+            idx.pin("e", hashes)
+            flight.append(hashes)
+            for h in hashes:
+                if h in lru:
+                    lru.remove(h)
+                refs[h] = refs.get(h, 0) + 1
+        elif op == "unpin" and flight:
+            hashes = flight.pop(start % len(flight))
+            idx.unpin("e", hashes)
+            for h in reversed(hashes):
+                refs[h] -= 1
+                if not refs[h]:
+                    del refs[h]
+                    lru.append(h)
+                    if free is not None:
+                        free += 1
+        elif op == "free":
+            free = start
+            idx.set_idle_capacity("e", free)
+        trim()
+        assert idx.size("e") == len(lru) + len(refs)
+        assert idx.pinned("e") == len(refs)
+        held = set(lru) | set(refs)
+        for hashes in flight:
+            assert idx.match(hashes) == {"e": len(hashes)}
+        probe = hash_token_blocks(list(range(start, start + 4 * n)), 4)
+        depth = 0
+        while depth < len(probe) and probe[depth] in held:
+            depth += 1
+        assert idx.match(probe) == ({"e": depth} if depth else {})

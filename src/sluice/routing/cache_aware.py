@@ -46,20 +46,33 @@ class CacheAwarePolicy(Policy):
     the prompt -- the approximate mode's only source, and in precise mode (index fed by the
     engines' KV events, ``routing.kv_mirror``) a prediction covering the time until the engine's
     own BlockStored arrives. ``learn=False``: decisions never write to the index.
+
+    ``free_queue=True`` (approximate mode): the index models each engine's free queue -- a
+    prompt is pinned while its request is in flight and evictable after, and the evictable part
+    is bounded by the engine's free blocks (``PrefixIndex.pin``). Without it, a prompt counts as
+    cached from its dispatch until the index overflows the engine's whole KV size.
     """
 
     def __init__(
-        self, index: PrefixIndex | None = None, learn: bool = True, bounded: bool = True
+        self,
+        index: PrefixIndex | None = None,
+        learn: bool = True,
+        bounded: bool = True,
+        free_queue: bool = False,
     ) -> None:
         self.index = index if index is not None else PrefixIndex()
         self.learn = learn
         # False: the index keeps its own bound instead of each engine's KV size (a peer model).
         self.bounded = bounded
+        self.free_queue = free_queue and learn
         self._geometry: dict[str, tuple[int, int, int]] = {}
+        self._free_blocks: dict[str, int] = {}
 
     def view(self, facts: RequestFacts, candidates: Sequence[EndpointState]) -> CacheView:
         if self.bounded:
             self._sync_capacity(candidates)
+        if self.free_queue:
+            self._sync_free_blocks(candidates)
         depths = (
             self.index.match(facts.block_hashes, among=[c.id for c in candidates])
             if facts.block_hashes
@@ -84,6 +97,18 @@ class CacheAwarePolicy(Policy):
                 tokens = c.num_blocks * c.block_size
                 self.index.set_capacity(c.id, max(1, tokens // self.index.tokens_per_block))
 
+    def _sync_free_blocks(self, candidates: Sequence[EndpointState]) -> None:
+        # vLLM's KV usage is 1 - free / total, its free blocks including the evictable cached
+        # ones: what is left of the free pool is what idle prompts can still occupy.
+        unit = self.index.tokens_per_block
+        for c in candidates:
+            if not c.num_blocks:
+                continue
+            free = int((1.0 - c.kv_usage) * c.num_blocks * c.block_size) // unit
+            if self._free_blocks.get(c.id) != free:
+                self._free_blocks[c.id] = free
+                self.index.set_idle_capacity(c.id, free)
+
     def decision(
         self,
         chosen: EndpointState,
@@ -101,5 +126,21 @@ class CacheAwarePolicy(Policy):
         )
 
     def on_dispatch(self, facts: RequestFacts, endpoint: EndpointState, now: float) -> None:
-        if self.learn and facts.block_hashes:
+        if not (self.learn and facts.block_hashes):
+            return
+        if self.free_queue:
+            self.index.pin(endpoint.id, facts.block_hashes)
+        else:
             self.index.record(endpoint.id, facts.block_hashes)
+
+    def on_complete(
+        self,
+        facts: RequestFacts,
+        endpoint: EndpointState,
+        now: float,
+        ttft: float | None,
+        ok: bool,
+    ) -> None:
+        # Every path ends here once per dispatch (success, error, cancellation, retry).
+        if self.free_queue and facts.block_hashes:
+            self.index.unpin(endpoint.id, facts.block_hashes)

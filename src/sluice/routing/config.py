@@ -8,6 +8,7 @@ routing:
   prefix_index:
     mode: approximate         # approximate (learn from decisions) | precise (KV events) | off
     predict_dispatch: true    # precise mode: also record each decision until events confirm it
+    free_queue: true          # approximate mode: model the engines' free queues (see PrefixIndex)
     block_size: 16            # the engines' KV block size (token blocks, precise mode)
     text_block_bytes: 64      # approximate blocks when there is no tokenizer
     default_capacity_blocks: 31250
@@ -56,6 +57,9 @@ class PrefixIndexConfig(_Section):
     # so siblings sent meanwhile would miss; recording each decision at once (as approximate
     # mode does) covers that window, and the engine's BlockRemoved later evicts it exactly.
     predict_dispatch: bool = True
+    # Approximate mode: model each engine's free queue (prompts in flight pinned, ended ones
+    # evictable within the engine's free blocks) instead of a plain LRU of the engine's size.
+    free_queue: bool = True
     block_size: int = Field(16, ge=1, le=1024)
     text_block_bytes: int = Field(64, ge=4)
     default_capacity_blocks: int = Field(DEFAULT_CAPACITY_BLOCKS, ge=1)
@@ -145,6 +149,8 @@ def build_policy(config: RoutingConfig, index: PrefixIndex | None) -> Policy:
         ix = config.prefix_index
         learn = ix.mode == "approximate" or ix.predict_dispatch
         options = {"index": index, "learn": learn, **options}
+        # Precise mode never models the free queue: the engines' events say what they evicted.
+        options.setdefault("free_queue", ix.mode == "approximate" and ix.free_queue)
     return make_policy(config.policy, **options)
 
 

@@ -56,8 +56,9 @@ class CostModel(CacheAwarePolicy):
         kv_knee: float = 0.8,
         miss_weight: float = 1.0,
         load_penalty: float = 0.0,
+        free_queue: bool = False,
     ) -> None:
-        super().__init__(index, learn)
+        super().__init__(index, learn, free_queue=free_queue)
         if prefill_rate <= 0 or not 0 < learning_rate <= 1:
             raise ValueError("prefill_rate must be > 0 and learning_rate in (0, 1]")
         self.prior_spt = 1.0 / prefill_rate
@@ -145,6 +146,7 @@ class CostModel(CacheAwarePolicy):
         ttft: float | None,
         ok: bool,
     ) -> None:
+        super().on_complete(facts, endpoint, now, ttft, ok)
         pending = self._pending.pop(_key(facts), None)
         if pending is None or not ok or ttft is None:
             return
@@ -189,11 +191,16 @@ class AffinityCost(CostModel):
         balance_abs: int = 64,
         balance_rel: float = 1.5,
         load_penalty: float = 0.5,
+        free_queue: bool = True,
         **cost_options: float,
     ) -> None:
         # load_penalty 0.5 s per outstanding request: the setting the quality benchmark ran
         # (bench/results/routing.md); misses then also respect memory-bound queues.
-        super().__init__(index, learn, load_penalty=load_penalty, **cost_options)
+        # free_queue: the index models the engines' free queues (approximate mode); it beat the
+        # plain LRU on every benchmark window (routing.md, session 5). Precise mode passes False.
+        super().__init__(
+            index, learn, load_penalty=load_penalty, free_queue=free_queue, **cost_options
+        )
         self.cache_threshold = cache_threshold
         self.kv_saturation = kv_saturation
         self.max_waiting = max_waiting

@@ -41,8 +41,9 @@ class PrefixAffinity(CacheAwarePolicy):
         max_waiting: int = 10,
         own_load: bool = False,
         bounded: bool = True,
+        free_queue: bool = False,
     ) -> None:
-        super().__init__(index, learn, bounded)
+        super().__init__(index, learn, bounded, free_queue)
         self.cache_threshold = cache_threshold
         self.balance_abs = balance_abs
         self.balance_rel = balance_rel

@@ -9,8 +9,17 @@ Layout, chosen so that a lookup costs O(prompt blocks) and not O(endpoints x pro
   evicts from the front, so the index can never outgrow the caches it mirrors.
 
 Two ways to fill it, one structure: the approximate mode calls ``record`` with the prompt of each
-request it routed; the precise mode (``routing.kv_mirror``) calls ``add``/``discard``/``clear`` as
+request it routed (or ``pin`` / ``unpin`` around each request, modelling the engine's free queue,
+below); the precise mode (``routing.kv_mirror``) calls ``add``/``discard``/``clear`` as
 the engines report KV events. Pure: no I/O, no clock.
+
+Modelling the engine's free queue (``pin`` / ``unpin`` / ``set_idle_capacity``): an engine can
+evict only blocks no running request holds, and only as many as its free pool lacks. A prompt
+in flight is *pinned* (held, never evicted, outside the LRU); when its request ends it joins the
+LRU tail as the engine's free queue does; the LRU is then also bounded by the engine's free
+blocks, ``(1 - kv_usage) x blocks``. When the engines fill up with running requests, the
+conversations waiting between turns are evicted here as they are there, instead of being
+believed cached until the index itself overflows.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from dataclasses import dataclass, field
 # Llama-3-8B on one H100 at 90% memory holds about this many 16-token blocks; used until the
 # endpoint's real block count is known (llm-d uses the same fallback).
 DEFAULT_CAPACITY_BLOCKS = 31_250
+_ABSENT = object()
 
 
 @dataclass(slots=True)
@@ -37,6 +47,7 @@ class IndexStats:
     hit_blocks: int = 0  # of those, blocks matched on the best endpoint
     evictions: int = 0
     per_endpoint: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (size, cap)
+    pinned: dict[str, int] = field(default_factory=dict)  # id -> blocks of requests in flight
 
     @property
     def hit_rate(self) -> float:
@@ -59,7 +70,9 @@ class PrefixIndex:
         self._slot_of: dict[str, int] = {}
         self._id_of: list[str | None] = []
         self._lru: list[OrderedDict[int, None]] = []
+        self._pins: list[dict[int, int]] = []  # block -> requests in flight holding it
         self._capacity: list[int] = []
+        self._idle_capacity: list[int | None] = []
         self._free: list[int] = []
         self._lookups = 0
         self._lookup_blocks = 0
@@ -74,12 +87,16 @@ class PrefixIndex:
                 slot = self._free.pop()
                 self._id_of[slot] = endpoint_id
                 self._lru[slot] = OrderedDict()
+                self._pins[slot] = {}
                 self._capacity[slot] = self.default_capacity
+                self._idle_capacity[slot] = None
             else:
                 slot = len(self._id_of)
                 self._id_of.append(endpoint_id)
                 self._lru.append(OrderedDict())
+                self._pins.append({})
                 self._capacity.append(self.default_capacity)
+                self._idle_capacity.append(None)
             self._slot_of[endpoint_id] = slot
         return slot
 
@@ -89,13 +106,23 @@ class PrefixIndex:
         self._capacity[slot] = max(1, blocks)
         self._evict_over(slot)
 
+    def set_idle_capacity(self, endpoint_id: str, blocks: int | None) -> None:
+        """Bound one endpoint's unpinned entries (its engine's free blocks; None: no such bound)."""
+        slot = self._slot(endpoint_id)
+        self._idle_capacity[slot] = None if blocks is None else max(0, blocks)
+        self._evict_over(slot)
+
     def capacity(self, endpoint_id: str) -> int:
         slot = self._slot_of.get(endpoint_id)
         return self.default_capacity if slot is None else self._capacity[slot]
 
     def size(self, endpoint_id: str) -> int:
         slot = self._slot_of.get(endpoint_id)
-        return 0 if slot is None else len(self._lru[slot])
+        return 0 if slot is None else len(self._lru[slot]) + len(self._pins[slot])
+
+    def pinned(self, endpoint_id: str) -> int:
+        slot = self._slot_of.get(endpoint_id)
+        return 0 if slot is None else len(self._pins[slot])
 
     def endpoints(self) -> list[str]:
         return list(self._slot_of)
@@ -172,12 +199,55 @@ class PrefixIndex:
         holders = self._holders
         get = holders.get
         touch = lru.move_to_end
+        pins = self._pins[slot]
         for h in block_hashes:
             if h in lru:
                 touch(h)
+            elif h in pins:
+                continue
             else:
                 lru[h] = None
                 holders[h] = get(h, 0) | bit
+        self._evict_over(slot)
+
+    def pin(self, endpoint_id: str, block_hashes: Sequence[int]) -> None:
+        """A request holding this prompt is in flight on ``endpoint_id``: held, not evictable."""
+        slot = self._slot(endpoint_id)
+        lru, pins = self._lru[slot], self._pins[slot]
+        bit = 1 << slot
+        holders = self._holders
+        for h in block_hashes:
+            count = pins.get(h)
+            if count is not None:
+                pins[h] = count + 1
+                continue
+            pins[h] = 1
+            if lru.pop(h, _ABSENT) is _ABSENT:  # new to this endpoint (LRU values are None)
+                holders[h] = holders.get(h, 0) | bit
+        self._evict_over(slot)
+
+    def unpin(self, endpoint_id: str, block_hashes: Sequence[int]) -> None:
+        """That request ended: its blocks join the LRU tail, the prompt's head last (most
+        recent), so eviction takes chain tails first, as the engine's free queue does."""
+        slot = self._slot_of.get(endpoint_id)
+        if slot is None:
+            return
+        lru, pins = self._lru[slot], self._pins[slot]
+        released = 0
+        for h in reversed(block_hashes):
+            count = pins.get(h)
+            if count is None:  # cleared meanwhile
+                continue
+            if count > 1:
+                pins[h] = count - 1
+            else:
+                del pins[h]
+                lru[h] = None
+                released += 1
+        idle = self._idle_capacity[slot]
+        if idle is not None:
+            # The engine's free pool grew by these blocks; the next scrape will say so.
+            self._idle_capacity[slot] = idle + released
         self._evict_over(slot)
 
     def discard(self, endpoint_id: str, block_hashes: Iterable[int]) -> None:
@@ -185,9 +255,9 @@ class PrefixIndex:
         slot = self._slot_of.get(endpoint_id)
         if slot is None:
             return
-        lru = self._lru[slot]
+        lru, pins = self._lru[slot], self._pins[slot]
         for h in block_hashes:
-            if lru.pop(h, 0) is None:  # present (values are None)
+            if lru.pop(h, 0) is None or pins.pop(h, None) is not None:  # LRU values are None
                 self._drop_holder(h, slot)
 
     def clear(self, endpoint_id: str) -> None:
@@ -198,7 +268,12 @@ class PrefixIndex:
 
     def _evict_over(self, slot: int) -> None:
         lru = self._lru[slot]
-        over = len(lru) - self._capacity[slot]
+        over = len(lru) + len(self._pins[slot]) - self._capacity[slot]
+        idle = self._idle_capacity[slot]
+        if idle is not None:
+            over = max(over, len(lru) - idle)
+        # Pinned blocks are never evicted: only in-flight prompts can hold the size above bound.
+        over = min(over, len(lru))
         if over <= 0:
             return
         # Inlined _drop_holder: a long prompt can evict thousands of blocks in one call.
@@ -224,12 +299,15 @@ class PrefixIndex:
     def _clear_slot(self, slot: int) -> None:
         for h in self._lru[slot]:
             self._drop_holder(h, slot)
+        for h in self._pins[slot]:
+            self._drop_holder(h, slot)
         self._lru[slot] = OrderedDict()
+        self._pins[slot] = {}
 
     # ------------------------------------------------------------------------------ stats
     def stats(self) -> IndexStats:
         per = {
-            endpoint_id: (len(self._lru[slot]), self._capacity[slot])
+            endpoint_id: (len(self._lru[slot]) + len(self._pins[slot]), self._capacity[slot])
             for endpoint_id, slot in self._slot_of.items()
         }
         return IndexStats(
@@ -242,4 +320,5 @@ class PrefixIndex:
             hit_blocks=self._hit_blocks,
             evictions=self._evictions,
             per_endpoint=per,
+            pinned={endpoint: len(self._pins[slot]) for endpoint, slot in self._slot_of.items()},
         )

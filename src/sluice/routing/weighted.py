@@ -25,8 +25,9 @@ class WeightedScorers(CacheAwarePolicy):
         weights: Mapping[str, float] | None = None,
         max_waiting: int = 10,
         kv_saturation: float = 0.95,
+        free_queue: bool = False,
     ) -> None:
-        super().__init__(index, learn)
+        super().__init__(index, learn, free_queue=free_queue)
         chosen = dict(DEFAULT_WEIGHTS if weights is None else weights)
         unknown = sorted(set(chosen) - set(SCORERS))
         if unknown:

@@ -193,11 +193,18 @@ class PrefixIndexCollector(Collector):
             "The index's bound per endpoint (the engine's KV blocks).",
             labels=["endpoint"],
         )
+        pinned = GaugeMetricFamily(
+            "sluice_prefix_index_pinned_blocks",
+            "Blocks of requests in flight, which the engine cannot evict (free-queue model).",
+            labels=["endpoint"],
+        )
         for endpoint_id, (blocks, capacity) in stats.per_endpoint.items():
             size.add_metric([endpoint_id], float(blocks))
             bound.add_metric([endpoint_id], float(capacity))
+            pinned.add_metric([endpoint_id], float(stats.pinned.get(endpoint_id, 0)))
         yield size
         yield bound
+        yield pinned
         unique = GaugeMetricFamily("sluice_prefix_index_unique_blocks", "Distinct block hashes.")
         unique.add_metric([], float(stats.unique_blocks))
         yield unique
