@@ -64,7 +64,12 @@ def measure(prompt_tokens: int, requests: int, policy_name: str, seed: int = 1) 
         s.kv_usage = rng.uniform(0.5, 0.8)
     index = PrefixIndex(CAPACITY, tokens_per_block=BLOCK)
     _fill(index, states, rng)
-    policy = make_policy(policy_name, index=index)
+    # "<policy>_lru": the index as a plain LRU of the engine's size (the default before the
+    # free-queue model); the default affinity_cost models the engines' free queues.
+    name, lru = policy_name.removesuffix("_lru"), policy_name.endswith("_lru")
+    policy = make_policy(name, index=index, **({"free_queue": False} if lru else {}))
+    for s in states:  # the scraper's update: the free-queue model trims idle entries here
+        policy.on_scrape(s)
     system = _prompt(rng, prompt_tokens // 2)
     # Half the endpoints already hold the shared system prefix.
     for s in states[: ENDPOINTS // 2]:
@@ -90,7 +95,9 @@ def measure(prompt_tokens: int, requests: int, policy_name: str, seed: int = 1) 
         c0, t0 = cpu(), clock()
         decision = policy.pick(facts, states, float(i))
         t1, c1 = clock(), cpu()
+        # Learning: on_dispatch, and on_complete (the free-queue model releases the prompt).
         policy.on_dispatch(facts, decision.endpoint, float(i))
+        policy.on_complete(facts, decision.endpoint, float(i), None, False)
         t2, c2 = clock(), cpu()
         pick_us.append((t1 - t0) / 1000)
         record_us.append((t2 - t1) / 1000)
@@ -170,7 +177,7 @@ def main() -> None:
     args = parser.parse_args()
     small, large = (200, 20) if args.quick else (3000, 200)
     rows = []
-    for name in ("prefix_affinity", "weighted", "cost_model", "affinity_cost"):
+    for name in ("prefix_affinity", "weighted", "cost_model", "affinity_cost_lru", "affinity_cost"):
         rows.append(measure(4096, small, name))
         rows.append(measure(131_072, large, name))
     hashing = [measure_hashing(4096, small // 4), measure_hashing(131_072, max(5, large // 10))]

@@ -266,16 +266,21 @@ def test_free_queue_index_forgets_idle_conversations_when_the_engine_fills_up() 
     home = first.endpoint
     assert policy.index.pinned(home.id) == 200
     home.kv_usage = 1.0  # running requests hold every block ...
+    policy.on_scrape(home)
     assert policy.pick(_facts(turn1 + [7] * 32), states, 1.0).endpoint is home  # ... in flight
     policy.on_complete(facts, home, 2.0, 0.5, True)
     home.kv_usage = 0.5  # the turn ended with room to spare: still cached
+    policy.on_scrape(home)
     assert policy.pick(_facts(turn1 + [7] * 32), states, 3.0).endpoint is home
+    assert policy.index.size(home.id) == 200
     home.kv_usage = 1.0  # then other requests filled the engine: the idle turn is evicted
+    assert policy.view(_facts(turn1), states).depths == {home.id: 200}  # (not before a scrape)
+    policy.on_scrape(home)
     other = next(s for s in states if s is not home)
     home.in_flight, other.in_flight = 3, 2
     again = policy.pick(_facts(turn1 + [7] * 32), states, 4.0)
     assert again.cached_tokens == 0 and again.endpoint is other
     # the same without the model: the index still believes the engine holds it
-    plain = make_policy("affinity_cost")
+    plain = make_policy("affinity_cost", free_queue=False)
     _route(plain, _facts(turn1, "t1"), [home])
     assert plain.view(_facts(turn1 + [7] * 32), states).depths == {home.id: 200}

@@ -115,8 +115,13 @@ async def _load_returns_to_zero(server: GatewayServer) -> None:
     # ... and every prompt the free-queue model pinned at dispatch was released (approximate).
     policy = server.gateway.policy
     if getattr(policy, "free_queue", False):
-        assert [policy.index.pinned(s.id) for s in states] == [0] * len(states)  # type: ignore[attr-defined]
-        assert policy.index.stats().blocks > 0  # type: ignore[attr-defined]  # still cached
+        index = policy.index  # type: ignore[attr-defined]
+        assert [index.pinned(s.id) for s in states] == [0] * len(states)
+        assert index.stats().blocks > 0  # still cached
+        # the scraper fed each engine's free blocks to the model (``Policy.on_scrape``)
+        for s in states:
+            free = index.idle_capacity(s.id)
+            assert free is not None and 0 < free <= index.capacity(s.id) * 2
 
 
 async def test_approximate_mode_sends_the_next_turn_home(engines: EngineFleet) -> None:

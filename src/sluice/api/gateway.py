@@ -82,7 +82,11 @@ class Gateway:
         self.models: dict[str, ModelConfig] = {m.name: m for m in config.models}
         self.prober = HealthProber(self.client, self.fleet, config.health)
         self.scraper = MetricsScraper(
-            self.client, self.fleet.states, config.scraper.interval_s, config.scraper.timeout_s
+            self.client,
+            self.fleet.states,
+            config.scraper.interval_s,
+            config.scraper.timeout_s,
+            on_update=self.policy.on_scrape,
         )
         # The per-request line is on the hot path: a lean writer, flushed again on shutdown.
         self.request_log = RequestLog()

@@ -71,8 +71,6 @@ class CacheAwarePolicy(Policy):
     def view(self, facts: RequestFacts, candidates: Sequence[EndpointState]) -> CacheView:
         if self.bounded:
             self._sync_capacity(candidates)
-        if self.free_queue:
-            self._sync_free_blocks(candidates)
         depths = (
             self.index.match(facts.block_hashes, among=[c.id for c in candidates])
             if facts.block_hashes
@@ -97,17 +95,17 @@ class CacheAwarePolicy(Policy):
                 tokens = c.num_blocks * c.block_size
                 self.index.set_capacity(c.id, max(1, tokens // self.index.tokens_per_block))
 
-    def _sync_free_blocks(self, candidates: Sequence[EndpointState]) -> None:
+    def on_scrape(self, endpoint: EndpointState) -> None:
         # vLLM's KV usage is 1 - free / total, its free blocks including the evictable cached
-        # ones: what is left of the free pool is what idle prompts can still occupy.
+        # ones: what is left of the free pool is what idle prompts can still occupy. Applied
+        # here, not in the decision: a jump in usage can evict thousands of entries at once.
+        if not (self.free_queue and endpoint.num_blocks):
+            return
         unit = self.index.tokens_per_block
-        for c in candidates:
-            if not c.num_blocks:
-                continue
-            free = int((1.0 - c.kv_usage) * c.num_blocks * c.block_size) // unit
-            if self._free_blocks.get(c.id) != free:
-                self._free_blocks[c.id] = free
-                self.index.set_idle_capacity(c.id, free)
+        free = int((1.0 - endpoint.kv_usage) * endpoint.num_blocks * endpoint.block_size) // unit
+        if self._free_blocks.get(endpoint.id) != free:
+            self._free_blocks[endpoint.id] = free
+            self.index.set_idle_capacity(endpoint.id, free)
 
     def decision(
         self,

@@ -82,6 +82,10 @@ class Policy(ABC):
     ) -> None:
         """The request finished (successfully or not). Learning policies override."""
 
+    def on_scrape(self, endpoint: EndpointState) -> None:
+        """``endpoint``'s engine metrics were just refreshed (off the request path). Policies
+        that keep a model of the engines override."""
+
 
 class RoundRobin(Policy):
     name = "round_robin"

@@ -112,6 +112,10 @@ class PrefixIndex:
         self._idle_capacity[slot] = None if blocks is None else max(0, blocks)
         self._evict_over(slot)
 
+    def idle_capacity(self, endpoint_id: str) -> int | None:
+        slot = self._slot_of.get(endpoint_id)
+        return None if slot is None else self._idle_capacity[slot]
+
     def capacity(self, endpoint_id: str) -> int:
         slot = self._slot_of.get(endpoint_id)
         return self.default_capacity if slot is None else self._capacity[slot]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sluice.routing import EndpointState
@@ -118,11 +119,14 @@ class MetricsScraper:
         states: list[EndpointState],
         interval_s: float,
         timeout_s: float,
+        on_update: Callable[[EndpointState], None] | None = None,
     ) -> None:
         self._client = client
         self._states = states
         self._interval = interval_s
         self._timeout = timeout_s
+        # Called after each successful scrape (the routing policy's ``on_scrape``).
+        self._on_update = on_update
 
     async def run(self) -> None:
         while True:
@@ -139,3 +143,5 @@ class MetricsScraper:
             return  # health is the prober's job; a missed scrape keeps the last values
         if status == 200:
             parse_engine_metrics(body.decode("utf-8", "replace")).apply(state)
+            if self._on_update is not None:
+                self._on_update(state)

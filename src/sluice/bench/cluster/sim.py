@@ -319,6 +319,7 @@ def _simulate(
     def scrape(i: int, t: float) -> None:
         if t - last_scrape[i] >= scrape_interval:
             handles[i].refresh(states[i])
+            pol.on_scrape(states[i])
             last_scrape[i] = t
             rep = reports[i]
             rep.peak_running = max(rep.peak_running, states[i].running)
