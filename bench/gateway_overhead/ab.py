@@ -138,8 +138,7 @@ def main() -> None:
         for gateway, _ in gateways.values():
             gateway.terminate()
             gateway.wait(10)
-        subprocess.run([nginx, "-p", str(root), "-c", "nginx.conf", "-s", "stop"], check=False)
-        shutil.rmtree(root, ignore_errors=True)
+        run.stop_nginx(nginx, root)
 
 
 if __name__ == "__main__":

@@ -272,8 +272,13 @@ def main() -> None:
     finally:
         gateway.terminate()
         gateway.wait(10)
-        subprocess.run([nginx, "-p", str(root), "-c", "nginx.conf", "-s", "stop"], check=False)
-        shutil.rmtree(root, ignore_errors=True)
+        stop_nginx(nginx, root)
+
+
+def stop_nginx(nginx: str, root: Path) -> None:
+    """Stop the benchmark's nginx and remove its scratch directory."""
+    subprocess.run([nginx, "-p", str(root), "-c", "nginx.conf", "-s", "stop"], check=False)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,10 @@ def _post(path: str = "/v1/chat/completions", body: bytes = BODY, extra: str = "
     ).encode() + body
 
 
+async def _connect(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+
+
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 response (Content-Length or chunked) from ``reader``."""
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
@@ -85,7 +89,7 @@ async def test_plain_posts_take_the_lean_path_on_one_keep_alive_connection(
     engine: EngineDouble, paths: list[str]
 ) -> None:
     async with running_gateway(gateway_config([engine.url])) as (url, _):
-        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        reader, writer = await _connect(url)
         for i in range(3):
             writer.write(_post(extra=f"x-request-id: r{i}\r\n"))
             status, headers, body = await _read_response(reader)
@@ -100,7 +104,7 @@ async def test_streams_take_the_lean_path_with_chunked_framing(
     engine: EngineDouble, paths: list[str]
 ) -> None:
     async with running_gateway(gateway_config([engine.url])) as (url, _):
-        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        reader, writer = await _connect(url)
         writer.write(_post(body=orjson.dumps({**CHAT, "stream": True})))
         status, headers, body = await _read_response(reader)
         writer.close()
@@ -114,7 +118,7 @@ async def test_pipelined_requests_are_answered_in_order(
     engine: EngineDouble, paths: list[str]
 ) -> None:
     async with running_gateway(gateway_config([engine.url])) as (url, _):
-        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        reader, writer = await _connect(url)
         writer.write(b"".join(_post(extra=f"x-request-id: p{i}\r\n") for i in range(3)))
         ids = [(await _read_response(reader))[1]["x-request-id"] for _ in range(3)]
         writer.close()
@@ -147,7 +151,7 @@ async def test_http_1_0_goes_through_asgi_and_closes(
     engine: EngineDouble, paths: list[str]
 ) -> None:
     async with running_gateway(gateway_config([engine.url])) as (url, _):
-        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        reader, writer = await _connect(url)
         writer.write(_post().replace(b"HTTP/1.1", b"HTTP/1.0", 1))
         data = await asyncio.wait_for(reader.read(), 5)  # read to the close
         writer.close()
@@ -159,7 +163,7 @@ async def test_connection_close_is_honoured_on_the_lean_path(
     engine: EngineDouble, paths: list[str]
 ) -> None:
     async with running_gateway(gateway_config([engine.url])) as (url, _):
-        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        reader, writer = await _connect(url)
         writer.write(_post(extra="connection: close\r\n"))
         status, headers, _ = await _read_response(reader)
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed after the answer
@@ -179,7 +183,7 @@ async def test_a_disconnect_cancels_a_lean_request_at_once(
 
     async with running_gateway(gateway_config([engine.url])) as (url, gw):
         gw.hooks.settle.append(settle)
-        _, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        _, writer = await _connect(url)
         writer.write(_post())
         for _ in range(200):
             if engine.running:

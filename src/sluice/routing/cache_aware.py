@@ -66,7 +66,6 @@ class CacheAwarePolicy(Policy):
         self.bounded = bounded
         self.free_queue = free_queue and learn
         self._geometry: dict[str, tuple[int, int, int]] = {}
-        self._free_blocks: dict[str, int] = {}
 
     def view(self, facts: RequestFacts, candidates: Sequence[EndpointState]) -> CacheView:
         if self.bounded:
@@ -101,11 +100,10 @@ class CacheAwarePolicy(Policy):
         # here, not in the decision: a jump in usage can evict thousands of entries at once.
         if not (self.free_queue and endpoint.num_blocks):
             return
+        # Every scrape resets the bound, replacing what releases added since the last one.
         unit = self.index.tokens_per_block
         free = int((1.0 - endpoint.kv_usage) * endpoint.num_blocks * endpoint.block_size) // unit
-        if self._free_blocks.get(endpoint.id) != free:
-            self._free_blocks[endpoint.id] = free
-            self.index.set_idle_capacity(endpoint.id, free)
+        self.index.set_idle_capacity(endpoint.id, free)
 
     def decision(
         self,

@@ -11,7 +11,8 @@ Layout, chosen so that a lookup costs O(prompt blocks) and not O(endpoints x pro
 Two ways to fill it, one structure: the approximate mode calls ``record`` with the prompt of each
 request it routed (or ``pin`` / ``unpin`` around each request, modelling the engine's free queue,
 below); the precise mode (``routing.kv_mirror``) calls ``add``/``discard``/``clear`` as
-the engines report KV events. Pure: no I/O, no clock.
+the engines report KV events; one endpoint is filled one way or the other, never both (``pin``
+is for approximate mode only). Pure: no I/O, no clock.
 
 Modelling the engine's free queue (``pin`` / ``unpin`` / ``set_idle_capacity``): an engine can
 evict only blocks no running request holds, and only as many as its free pool lacks. A prompt
@@ -203,12 +204,9 @@ class PrefixIndex:
         holders = self._holders
         get = holders.get
         touch = lru.move_to_end
-        pins = self._pins[slot]
         for h in block_hashes:
             if h in lru:
                 touch(h)
-            elif h in pins:
-                continue
             else:
                 lru[h] = None
                 holders[h] = get(h, 0) | bit
@@ -259,9 +257,9 @@ class PrefixIndex:
         slot = self._slot_of.get(endpoint_id)
         if slot is None:
             return
-        lru, pins = self._lru[slot], self._pins[slot]
+        lru = self._lru[slot]
         for h in block_hashes:
-            if lru.pop(h, 0) is None or pins.pop(h, None) is not None:  # LRU values are None
+            if lru.pop(h, 0) is None:  # present (values are None)
                 self._drop_holder(h, slot)
 
     def clear(self, endpoint_id: str) -> None:
@@ -311,7 +309,7 @@ class PrefixIndex:
     # ------------------------------------------------------------------------------ stats
     def stats(self) -> IndexStats:
         per = {
-            endpoint_id: (len(self._lru[slot]) + len(self._pins[slot]), self._capacity[slot])
+            endpoint_id: (self.size(endpoint_id), self._capacity[slot])
             for endpoint_id, slot in self._slot_of.items()
         }
         return IndexStats(
