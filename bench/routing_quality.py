@@ -89,6 +89,10 @@ VARIANTS = {
     "affinity_cost_lru": Variant(
         "affinity_cost, plain LRU index", "affinity_cost", options={"free_queue": False}
     ),
+    # Before session 6: the load penalty 0.5 s per request whatever the engine's KV usage.
+    "affinity_cost_flat": Variant(
+        "affinity_cost, flat load penalty", "affinity_cost", options={"load_penalty_low": None}
+    ),
     "affinity_cost_text": Variant(
         "affinity_cost, no tokenizer (text blocks)", "affinity_cost", "text"
     ),

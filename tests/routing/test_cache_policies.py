@@ -209,6 +209,32 @@ def test_cost_model_penalties_for_memory_and_load() -> None:
     assert make_policy("cost_model", load_penalty=0.05).pick(facts, states, 0).endpoint.id == "e1"
 
 
+def test_load_penalty_ramps_with_memory_so_free_engines_place_misses_by_prefill_queue() -> None:
+    """A miss: e0 is busy prefilling a long prompt, e1 has one request more in flight. With free
+    memory the request count says nothing of the wait, so the miss goes where the prefill queue
+    is short; once e1's memory fills up, requests there wait for memory and the count wins."""
+    states = _states(2)
+    states[0].in_flight, states[0].in_flight_prefill_tokens = 1, 6_000
+    states[1].in_flight, states[1].in_flight_prefill_tokens = 2, 500
+    facts = _facts(list(range(6_000)))
+    policy = make_policy("affinity_cost")
+    assert isinstance(policy, CostModel)
+    for kv in (0.0, 0.4, 0.6):
+        states[0].kv_usage = states[1].kv_usage = kv
+        assert policy.penalty_per_request(states[1]) == pytest.approx(0.1)
+        assert policy.pick(facts, states, 0).endpoint.id == "e1"
+    states[0].kv_usage = states[1].kv_usage = 0.8  # halfway up the ramp: 0.3 s per request
+    assert policy.penalty_per_request(states[1]) == pytest.approx(0.3)
+    assert policy.pick(facts, states, 0).endpoint.id == "e0"
+    states[0].kv_usage = states[1].kv_usage = 1.0
+    assert policy.penalty_per_request(states[1]) == pytest.approx(0.5)
+    flat = make_policy("affinity_cost", load_penalty_low=None)
+    states[0].kv_usage = states[1].kv_usage = 0.0
+    assert flat.pick(facts, states, 0).endpoint.id == "e0"  # the count wins at any usage
+    with pytest.raises(ValueError):
+        make_policy("cost_model", load_knee=1.0)
+
+
 def test_capacity_follows_a_change_of_the_index_unit() -> None:
     index = PrefixIndex(tokens_per_block=16)
     states = _states(1)

@@ -17,7 +17,11 @@
   a request that hits the cache of a memory-full engine still waits there for running requests
   to finish and free blocks, a wait no prefill count shows;
 * ``load_penalty`` seconds per outstanding request above the least-loaded candidate: when KV
-  memory, not prefill, is the bottleneck, a request waits behind the requests holding memory;
+  memory, not prefill, is the bottleneck, a request waits behind the requests holding memory.
+  With ``load_penalty_low`` set, the penalty applies in full only to an engine whose memory is
+  full and falls linearly to ``load_penalty_low`` at ``load_knee`` KV usage and below: an engine
+  with free blocks starts every request it is sent, so a request count there says nothing of
+  the wait, and the prefill queue alone should place a miss;
 * ``miss_weight`` > 1 charges this request's own uncached tokens more than queued ones: a miss
   also costs later requests (it evicts other prompts' blocks and duplicates this one's), which a
   per-request TTFT does not see. 1 is the pure predicted TTFT.
@@ -57,8 +61,12 @@ class CostModel(CacheAwarePolicy):
         miss_weight: float = 1.0,
         load_penalty: float = 0.0,
         free_queue: bool = False,
+        load_penalty_low: float | None = None,
+        load_knee: float = 0.6,
     ) -> None:
         super().__init__(index, learn, free_queue=free_queue)
+        if not 0 <= load_knee < 1:
+            raise ValueError("load_knee must be in [0, 1)")
         if prefill_rate <= 0 or not 0 < learning_rate <= 1:
             raise ValueError("prefill_rate must be > 0 and learning_rate in (0, 1]")
         self.prior_spt = 1.0 / prefill_rate
@@ -69,6 +77,8 @@ class CostModel(CacheAwarePolicy):
         self.kv_knee = kv_knee
         self.miss_weight = miss_weight
         self.load_penalty = load_penalty
+        self.load_penalty_low = load_penalty_low
+        self.load_knee = load_knee
         self.fleet_spt = self.prior_spt
         self.spt: dict[str, float] = {}
         self.samples = 0
@@ -91,7 +101,15 @@ class CostModel(CacheAwarePolicy):
         predicted = self.overhead + work * self.seconds_per_token(c.id) * slowdown
         if c.kv_usage > self.kv_knee:
             predicted += self.kv_penalty * (c.kv_usage - self.kv_knee) / (1.0 - self.kv_knee)
-        return predicted + self.load_penalty * (c.load() - min_load)
+        return predicted + self.penalty_per_request(c) * (c.load() - min_load)
+
+    def penalty_per_request(self, c: EndpointState) -> float:
+        """``load_penalty``, ramped down to ``load_penalty_low`` as ``c``'s memory frees up."""
+        low = self.load_penalty_low
+        if low is None:
+            return self.load_penalty
+        ramp = min(1.0, max(0.0, (c.kv_usage - self.load_knee) / (1.0 - self.load_knee)))
+        return low + (self.load_penalty - low) * ramp
 
     def choose(
         self, facts: RequestFacts, candidates: Sequence[EndpointState], now: float
@@ -192,14 +210,22 @@ class AffinityCost(CostModel):
         balance_rel: float = 1.5,
         load_penalty: float = 0.5,
         free_queue: bool = True,
+        load_penalty_low: float | None = 0.1,
         **cost_options: float,
     ) -> None:
         # load_penalty 0.5 s per outstanding request: the setting the quality benchmark ran
         # (bench/results/routing.md); misses then also respect memory-bound queues.
         # free_queue: the index models the engines' free queues (approximate mode); it beat the
         # plain LRU on every benchmark window (routing.md, session 5). Precise mode passes False.
+        # load_penalty_low 0.1 s below 60% KV usage: misses on engines with free memory are
+        # placed by their prefill queue (multi-turn chat's first turns; routing.md, session 6).
         super().__init__(
-            index, learn, load_penalty=load_penalty, free_queue=free_queue, **cost_options
+            index,
+            learn,
+            load_penalty=load_penalty,
+            free_queue=free_queue,
+            load_penalty_low=load_penalty_low,
+            **cost_options,
         )
         self.cache_threshold = cache_threshold
         self.kv_saturation = kv_saturation
