@@ -23,6 +23,12 @@ import sys
 import time
 from pathlib import Path
 
+from sluice.bench.engine_metrics import (
+    SIM_LATE_SECONDS,
+    SIM_LATE_STEPS,
+    SIM_STALL_SECONDS,
+    SIM_STEPS,
+)
 from sluice.bench.metrics import summarize
 from sluice.bench.procs import free_port, gateway_command, stop, wait_ready
 from sluice.bench.report import RunReport, markdown_table, write_all
@@ -126,6 +132,7 @@ def _run_one(args: argparse.Namespace, spec: str, workload: list, log_dir: Path)
     summary.extra.update(wall_time_s=wall, time_scale=args.time_scale)
     if result.kv_usage_mean is not None:
         summary.extra["kv_usage_mean"] = result.kv_usage_mean
+    summary.extra.update(engine_clock(result.engine_deltas))
     errors = sorted({r.error for r in result.records if not r.ok})[:3]
     return {
         "router": spec,
@@ -137,6 +144,22 @@ def _run_one(args: argparse.Namespace, spec: str, workload: list, log_dir: Path)
             fleet.urls,
             {"command": " ".join(cmd), "errors": errors},
         ),
+    }
+
+
+def engine_clock(deltas: dict[str, float]) -> dict[str, float]:
+    """How well the simulated engines kept their schedule during the run (machine headroom).
+
+    A late step delays every token it made, so on a machine too small for the load the routers
+    would be compared partly on CPU starvation; the share of late steps says how much.
+    """
+    steps = deltas.get(SIM_STEPS, 0.0)
+    if not steps:
+        return {}
+    return {
+        "late_step_share": deltas.get(SIM_LATE_STEPS, 0.0) / steps,
+        "late_seconds": deltas.get(SIM_LATE_SECONDS, 0.0),
+        "stall_seconds": deltas.get(SIM_STALL_SECONDS, 0.0),
     }
 
 

@@ -33,7 +33,7 @@ class Pinned(Policy):
     def on_dispatch(self, facts, endpoint, now):
         self.dispatched += 1
 
-    def on_complete(self, facts, endpoint, now, ttft, ok):
+    def on_complete(self, facts, endpoint, now, ttft, ok, output_tokens=0):
         self.completed.append(ttft)
 
 

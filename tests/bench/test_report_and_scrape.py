@@ -1,6 +1,16 @@
 import json
 
-from sluice.bench.engine_metrics import HITS, KV_USAGE, QUERIES, RUNNING, WAITING, parse_sums
+from sluice.bench.engine_metrics import (
+    HITS,
+    KV_USAGE,
+    QUERIES,
+    RUNNING,
+    SIM_CLOCK,
+    SIM_LATE_STEPS,
+    SIM_STEPS,
+    WAITING,
+    parse_sums,
+)
 from sluice.bench.metrics import RequestRecord, summarize
 from sluice.bench.report import RunReport, markdown_table, write_all
 
@@ -14,13 +24,21 @@ vllm:num_requests_running{engine="0",model_name="m"} 3.0
 vllm:num_requests_waiting{engine="0",model_name="m"} 2.0
 vllm:num_requests_waiting_by_reason{engine="0"} 9.0
 vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.75
+sluice_sim_steps_total{engine="0",model_name="m"} 1000.0
+sluice_sim_steps_total{engine="1",model_name="m"} 500.0
+sluice_sim_late_steps_total{engine="1",model_name="m"} 15.0
 """
 
 
 def test_parse_sums_adds_label_sets_and_ignores_other_series():
     sums = parse_sums(PROM)
-    assert sums == {QUERIES: 1200.0, HITS: 400.0, RUNNING: 3.0, WAITING: 2.0, KV_USAGE: 0.75}
-    assert parse_sums("") == dict.fromkeys((QUERIES, HITS, RUNNING, WAITING, KV_USAGE), 0.0)
+    clock = dict.fromkeys(SIM_CLOCK, 0.0) | {SIM_STEPS: 1500.0, SIM_LATE_STEPS: 15.0}
+    assert sums == {
+        QUERIES: 1200.0, HITS: 400.0, RUNNING: 3.0, WAITING: 2.0, KV_USAGE: 0.75, **clock
+    }  # fmt: skip
+    assert parse_sums("") == dict.fromkeys(
+        (QUERIES, HITS, RUNNING, WAITING, KV_USAGE, *SIM_CLOCK), 0.0
+    )
 
 
 def _records():
@@ -38,9 +56,11 @@ def test_markdown_table_rows():
     lines = table.strip().splitlines()
     assert len(lines) == 4 and lines[0].startswith("| run |")
     assert "| rr | 20/20 | 0.100 | 0.100 | 10.0 |" in lines[2]
-    assert lines[2].endswith("| 100% | 50.0% | – |")
+    assert lines[2].endswith("| 100% | 50.0% | – | – |")
     s.extra["kv_usage_mean"] = 0.734
-    assert markdown_table([("rr", s)]).strip().splitlines()[2].endswith("| 50.0% | 0.73 |")
+    assert markdown_table([("rr", s)]).strip().splitlines()[2].endswith("| 50.0% | 0.73 | – |")
+    s.extra["late_step_share"] = 0.0123
+    assert markdown_table([("rr", s)]).strip().endswith("| 50.0% | 0.73 | 1.2% |")
 
 
 def test_write_all_produces_json_markdown_and_plots(tmp_path):

@@ -306,6 +306,11 @@ def test_free_queue_index_forgets_idle_conversations_when_the_engine_fills_up() 
     home.in_flight, other.in_flight = 3, 2
     again = policy.pick(_facts(turn1 + [7] * 32), states, 4.0)
     assert again.cached_tokens == 0 and again.endpoint is other
+    # the turn's output is idle room too (placeholders: 640 tokens = 40 blocks)
+    again_facts = _facts(turn1 + [7] * 32, "t2")
+    policy.on_dispatch(again_facts, other, 5.0)
+    policy.on_complete(again_facts, other, 6.0, 0.2, True, output_tokens=640)
+    assert policy.index.size(other.id) == 202 + 40
     # the same without the model: the index still believes the engine holds it
     plain = make_policy("affinity_cost", free_queue=False)
     _route(plain, _facts(turn1, "t1"), [home])

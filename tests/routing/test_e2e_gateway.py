@@ -134,6 +134,36 @@ async def test_approximate_mode_sends_the_next_turn_home(engines: EngineFleet) -
         assert server.gateway.policy.index.tokens_per_block == core.tokens_per_block < 16  # type: ignore[attr-defined]
 
 
+async def test_the_policy_learns_each_answer_length_streamed_or_not(engines: EngineFleet) -> None:
+    """The free-queue model counts each answer's blocks as idle cache once its request ends:
+    the gateway hands the engine-reported completion tokens to ``Policy.on_complete``."""
+    with GatewayServer(_config(engines, "approximate")) as server:
+        policy = server.gateway.policy
+        seen: list[int] = []
+        complete = policy.on_complete
+
+        def recording(*args: Any, output_tokens: int = 0) -> None:
+            seen.append(output_tokens)
+            complete(*args, output_tokens=output_tokens)
+
+        policy.on_complete = recording  # type: ignore[method-assign]
+        body = {"model": MODEL, "messages": _first_turn(7, "answers"), "max_tokens": 48}
+        extra = {"ignore_eos": True}
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            reply = await client.post("/v1/chat/completions", json={**body, **extra})
+            assert reply.json()["usage"]["completion_tokens"] == 48
+            async with client.stream(
+                "POST", "/v1/chat/completions", json={**body, **extra, "stream": True}
+            ) as streamed:
+                async for _ in streamed.aiter_bytes():
+                    pass
+        for _ in range(100):  # the stream's bookkeeping ends just after its last byte
+            if len(seen) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert seen == [48, 48]
+
+
 async def test_precise_mode_mirrors_the_engines_kv_events(engines: EngineFleet) -> None:
     """Exact tokens from the engines' /tokenize, the index fed by their ZMQ KV events."""
     config = _config(engines, "precise", **{"routing.facts.remote_tokenize": True})

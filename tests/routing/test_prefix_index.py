@@ -175,6 +175,25 @@ def test_free_queue_model_pins_in_flight_prompts_and_bounds_idle_ones() -> None:
     assert idx.match(b) == {"e": 2}
 
 
+def test_generated_blocks_take_idle_room_and_are_evicted_before_the_prompt() -> None:
+    """The engine frees a request's output blocks with its prompt's (output tail first): the
+    index holds placeholders for them, so an idle conversation is as large as on the engine."""
+    idx = PrefixIndex(default_capacity=100)
+    a = hash_token_blocks(list(range(10 * 16)), 16)
+    idx.pin("e", a)
+    idx.set_idle_capacity("e", 0)
+    idx.unpin("e", a, generated_blocks=5)
+    assert idx.size("e") == 15 and idx.idle_capacity("e") == 15  # the free pool grew by 15
+    idx.set_idle_capacity("e", 12)  # others took 3 free blocks: the output's go first
+    assert idx.match(a) == {"e": 10} and idx.size("e") == 12
+    idx.set_idle_capacity("e", 8)  # 4 more: the last 2 generated, then the prompt's tail
+    assert idx.match(a) == {"e": 8} and idx.size("e") == 8
+    idx.unpin("e", [], generated_blocks=200)  # a later request's output is more recent:
+    assert idx.size("e") == 100 and idx.match(a) == {}  # the idle conversation goes first
+    idx.clear("e")
+    assert idx.size("e") == 0 and idx.stats().unique_blocks == 0
+
+
 def test_a_block_shared_by_two_requests_stays_pinned_until_both_end() -> None:
     idx = PrefixIndex()
     system = hash_token_blocks(list(range(32)), 16)
@@ -228,7 +247,11 @@ def test_free_queue_model_agrees_with_a_naive_engine_pool(
                 refs[h] = refs.get(h, 0) + 1
         elif op == "unpin" and flight:
             hashes = flight.pop(start % len(flight))
-            idx.unpin("e", hashes)
+            generated = start % 3  # blocks its output filled: idle room, evicted first
+            idx.unpin("e", hashes, generated)
+            lru.extend(object() for _ in range(generated))
+            if free is not None:
+                free += generated
             for h in reversed(hashes):
                 refs[h] -= 1
                 if not refs[h]:

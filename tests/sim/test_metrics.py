@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import openai
@@ -10,8 +11,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.sim.metrics import (
     ITL_BUCKETS,
+    LATE_STEP_S,
     REQUEST_LATENCY_BUCKETS,
     TTFT_BUCKETS,
+    EngineMetrics,
+    LoRAState,
     buckets_1_2_5,
 )
 from sluice.sim.tokenizer import text_of_length
@@ -27,6 +31,13 @@ COUNTERS = {
     "vllm:generation_tokens",
     "vllm:num_preemptions",
     "vllm:request_success",
+}
+# The simulator's own schedule-keeping series (not vLLM's).
+CLOCK_COUNTERS = {
+    "sluice_sim_steps",
+    "sluice_sim_late_steps",
+    "sluice_sim_late_seconds",
+    "sluice_sim_clock_stall_seconds",
 }
 HISTOGRAMS = {
     "vllm:time_to_first_token_seconds": TTFT_BUCKETS,
@@ -70,7 +81,7 @@ async def test_metric_names_labels_and_buckets(sim_server: StartServer) -> None:
         extra_body={"ignore_eos": True},
     )
     families = await _scrape(running.url)
-    assert set(families) == GAUGES | COUNTERS | set(HISTOGRAMS) | INFO
+    assert set(families) == GAUGES | COUNTERS | CLOCK_COUNTERS | set(HISTOGRAMS) | INFO
 
     for name in GAUGES:
         family = families[name]
@@ -206,3 +217,54 @@ def test_light_histogram_matches_prometheus_client() -> None:
     expected = buckets(text_string_to_metric_families(generate_latest(registry).decode()))
     assert buckets([light.family(["model_name", "engine"], ["m", "0"])]) == expected
     assert light.count == len(samples) and light.sum == sum(samples)
+
+
+def test_step_delays_count_late_steps_and_stalls() -> None:
+    metrics = EngineMetrics(
+        lambda: None,  # type: ignore[arg-type,return-value]  # the clock needs no engine stats
+        model_name="m",
+        max_model_len=64,
+        cache_config={},
+        lora_state=lambda: LoRAState(0, (), ()),
+    )
+    metrics.observe_step_delay(0.004, stalled=False)  # ahead of schedule
+    metrics.observe_step_delay(-LATE_STEP_S / 2, stalled=False)  # late, within tolerance
+    metrics.observe_step_delay(-0.03, stalled=False)
+    metrics.observe_step_delay(-0.2, stalled=True)
+    clock = metrics.clock
+    assert clock.steps == 4 and clock.late_steps == 2
+    assert abs(clock.late_seconds - 0.23) < 1e-9 and abs(clock.stall_seconds - 0.2) < 1e-9
+
+
+async def test_a_starved_engine_reports_late_steps_and_a_stalled_clock(
+    sim_server: StartServer,
+) -> None:
+    """Blocking the event loop mid-stream starves the runner as a busy machine would."""
+    running = await sim_server(num_gpu_blocks=512, max_model_len=4096, time_scale=0.1)
+    before = await _clock_values(running.url)
+    client = openai.AsyncOpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+    stream = await client.completions.create(
+        model=running.model,
+        prompt="hello",
+        max_tokens=64,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    chunks = 0
+    async for _ in stream:
+        chunks += 1
+        if chunks == 2:
+            time.sleep(0.2)  # the whole loop, runner included, stops for 200 ms
+    after = await _clock_values(running.url)
+    assert after["sluice_sim_steps"] - before["sluice_sim_steps"] >= 64
+    assert after["sluice_sim_late_steps"] - before["sluice_sim_late_steps"] >= 1
+    assert after["sluice_sim_clock_stall_seconds"] >= 0.1
+    assert after["sluice_sim_late_seconds"] >= after["sluice_sim_clock_stall_seconds"]
+
+
+async def _clock_values(url: str) -> dict[str, float]:
+    families = await _scrape(url)
+    return {
+        name: families[name].samples[0].value  # type: ignore[attr-defined]
+        for name in CLOCK_COUNTERS
+    }

@@ -129,7 +129,9 @@ async def _attempt(gw: Gateway, ctx: RequestContext, decision: Decision, send: S
             else:
                 response.close()
         state.end(prefill, prefill_done=ctx.first_byte_at is not None)
-        gw.policy.on_complete(facts, state, gw.clock(), ctx.ttft, ok)
+        gw.policy.on_complete(
+            facts, state, gw.clock(), ctx.ttft, ok, output_tokens=ctx.usage.completion_tokens
+        )
 
 
 def _failed_early(gw: Gateway, state: EndpointState, reason: str, detail: str) -> _Retryable:

@@ -11,8 +11,14 @@ HITS = "vllm:prefix_cache_hits_total"
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 KV_USAGE = "vllm:kv_cache_usage_perc"
+# The simulator's own: how far its engines fell behind the wall clock (absent on real vLLM).
+SIM_STEPS = "sluice_sim_steps_total"
+SIM_LATE_STEPS = "sluice_sim_late_steps_total"
+SIM_LATE_SECONDS = "sluice_sim_late_seconds_total"
+SIM_STALL_SECONDS = "sluice_sim_clock_stall_seconds_total"
+SIM_CLOCK = (SIM_STEPS, SIM_LATE_STEPS, SIM_LATE_SECONDS, SIM_STALL_SECONDS)
 
-SERIES = (QUERIES, HITS, RUNNING, WAITING, KV_USAGE)
+SERIES = (QUERIES, HITS, RUNNING, WAITING, KV_USAGE, *SIM_CLOCK)
 
 _LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 

@@ -41,6 +41,7 @@ COLUMNS = (
     "SLO met",
     "prefix hit",
     "KV usage",
+    "late steps",
 )
 
 
@@ -58,7 +59,13 @@ def summary_row(label: str, s: Summary) -> list[str]:
         _num(None if s.prefix_hit_rate is None else s.prefix_hit_rate * 100, ".1f")
         + ("%" if s.prefix_hit_rate is not None else ""),
         _num(s.extra.get("kv_usage_mean"), ".2f"),
+        _num(_pct(s.extra.get("late_step_share")), ".1f")
+        + ("%" if "late_step_share" in s.extra else ""),
     ]
+
+
+def _pct(share: float | None) -> float | None:
+    return None if share is None else share * 100
 
 
 def markdown_table(rows: Sequence[tuple[str, Summary]]) -> str:

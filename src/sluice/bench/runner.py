@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
-from sluice.bench.engine_metrics import HITS, KV_USAGE, QUERIES, RUNNING, WAITING, scrape
+from sluice.bench.engine_metrics import (
+    HITS,
+    KV_USAGE,
+    QUERIES,
+    RUNNING,
+    SIM_CLOCK,
+    WAITING,
+    scrape,
+)
 from sluice.bench.metrics import RequestRecord, counter_delta, hit_rate
 from sluice.bench.workloads.base import WorkloadRequest
 from sluice.sim.tokenizer import WordTokenizer
@@ -229,7 +237,7 @@ async def run_http(
 
 
 async def _scrape_all(session: aiohttp.ClientSession, urls: Sequence[str]) -> dict[str, float]:
-    total = {QUERIES: 0.0, HITS: 0.0}
+    total = dict.fromkeys((QUERIES, HITS, *SIM_CLOCK), 0.0)
     for snap in await asyncio.gather(*(scrape(session, u) for u in urls)):
         for key in total:
             total[key] += snap.get(key, 0.0)

@@ -136,7 +136,9 @@ class CacheAwarePolicy(Policy):
         now: float,
         ttft: float | None,
         ok: bool,
+        output_tokens: int = 0,
     ) -> None:
         # Every path ends here once per dispatch (success, error, cancellation, retry).
         if self.free_queue and facts.block_hashes:
-            self.index.unpin(endpoint.id, facts.block_hashes)
+            generated = output_tokens // self.index.tokens_per_block
+            self.index.unpin(endpoint.id, facts.block_hashes, generated)

@@ -163,8 +163,9 @@ class CostModel(CacheAwarePolicy):
         now: float,
         ttft: float | None,
         ok: bool,
+        output_tokens: int = 0,
     ) -> None:
-        super().on_complete(facts, endpoint, now, ttft, ok)
+        super().on_complete(facts, endpoint, now, ttft, ok, output_tokens=output_tokens)
         pending = self._pending.pop(_key(facts), None)
         if pending is None or not ok or ttft is None:
             return

@@ -79,8 +79,10 @@ class Policy(ABC):
         now: float,
         ttft: float | None,
         ok: bool,
+        output_tokens: int = 0,
     ) -> None:
-        """The request finished (successfully or not). Learning policies override."""
+        """The request finished (successfully or not) after generating ``output_tokens``.
+        Learning policies override."""
 
     def on_scrape(self, endpoint: EndpointState) -> None:
         """``endpoint``'s engine metrics were just refreshed (off the request path). Policies

@@ -79,6 +79,8 @@ class PrefixIndex:
         self._lookup_blocks = 0
         self._hit_blocks = 0
         self._evictions = 0
+        # Generated-block placeholders are negative (block hashes are unsigned 64-bit).
+        self._next_placeholder = -1
 
     # ----------------------------------------------------------------- endpoints and bounds
     def _slot(self, endpoint_id: str) -> int:
@@ -228,14 +230,27 @@ class PrefixIndex:
                 holders[h] = holders.get(h, 0) | bit
         self._evict_over(slot)
 
-    def unpin(self, endpoint_id: str, block_hashes: Sequence[int]) -> None:
+    def unpin(
+        self, endpoint_id: str, block_hashes: Sequence[int], generated_blocks: int = 0
+    ) -> None:
         """That request ended: its blocks join the LRU tail, the prompt's head last (most
-        recent), so eviction takes chain tails first, as the engine's free queue does."""
+        recent), so eviction takes chain tails first, as the engine's free queue does.
+
+        ``generated_blocks``: the blocks its output filled, which the engine frees (and keeps
+        cached) with the prompt's. No prompt names them yet, so they enter as placeholders
+        ahead of the prompt's tail: they take idle room and are evicted first, as there.
+        Without them the index believes every idle conversation smaller than it is, and
+        keeps conversations the engine has already evicted.
+        """
         slot = self._slot_of.get(endpoint_id)
         if slot is None:
             return
         lru, pins = self._lru[slot], self._pins[slot]
-        released = 0
+        released = generated_blocks
+        if generated_blocks > 0:
+            start = self._next_placeholder
+            self._next_placeholder = start - generated_blocks
+            lru.update(dict.fromkeys(range(start, start - generated_blocks, -1)))
         for h in reversed(block_hashes):
             count = pins.get(h)
             if count is None:  # cleared meanwhile
@@ -284,6 +299,8 @@ class PrefixIndex:
         popitem = lru.popitem
         for _ in range(over):
             h = popitem(last=False)[0]
+            if h < 0:  # a placeholder for generated blocks: no holder entry
+                continue
             mask = holders[h] & keep
             if mask:
                 holders[h] = mask

@@ -207,6 +207,53 @@ class _HistogramCollector(Collector):
             yield histogram.family(["model_name", "engine"], self._labels)
 
 
+@dataclass(slots=True)
+class ClockLag:
+    """How far the runner fell behind the wall clock (not a vLLM series: the simulator's own).
+
+    A benchmark on a small machine is only valid while the engines keep their schedule; these
+    say when they did not, so a run's tail can be told apart from CPU starvation.
+    """
+
+    steps: int = 0
+    late_steps: int = 0  # steps whose outputs were delivered over LATE_STEP_S behind schedule
+    late_seconds: float = 0.0  # wall seconds of that lateness, summed over late steps
+    stall_seconds: float = 0.0  # wall seconds the simulated clock gave up (re-anchored)
+
+
+LATE_STEP_S = 0.01
+
+
+class _ClockCollector(Collector):
+    def __init__(self, lag: ClockLag, labels: tuple[str, str]) -> None:
+        self._lag = lag
+        self._labels = list(labels)
+
+    def collect(self) -> Iterable[Metric]:
+        names = ["model_name", "engine"]
+        for name, doc, value in (
+            ("sluice_sim_steps", "Engine steps run.", self._lag.steps),
+            (
+                "sluice_sim_late_steps",
+                f"Steps delivered over {LATE_STEP_S * 1000:g} ms (wall) behind schedule.",
+                self._lag.late_steps,
+            ),
+            (
+                "sluice_sim_late_seconds",
+                "Wall seconds late steps were behind schedule, summed.",
+                self._lag.late_seconds,
+            ),
+            (
+                "sluice_sim_clock_stall_seconds",
+                "Wall seconds the simulated clock stalled because the machine could not keep up.",
+                self._lag.stall_seconds,
+            ),
+        ):
+            counter = CounterMetricFamily(name, doc, labels=names)
+            counter.add_metric(self._labels, float(value))
+            yield counter
+
+
 class EngineMetrics:
     """The metrics of one engine server; ``render()`` is the ``/metrics`` body."""
 
@@ -225,6 +272,8 @@ class EngineMetrics:
         cache_labels = {k: str(v) for k, v in cache_config.items()}
         cache_labels["engine"] = str(engine_index)
         self.registry.register(_EngineCollector(stats, labels, cache_labels, lora_state))
+        self.clock = ClockLag()
+        self.registry.register(_ClockCollector(self.clock, labels))
         histograms = _HistogramCollector(labels)
         self.registry.register(histograms)
 
@@ -278,6 +327,16 @@ class EngineMetrics:
             "vllm:request_generation_tokens", "Number of generation tokens processed.",
             token_buckets,
         )  # fmt: skip
+
+    def observe_step_delay(self, delay: float, stalled: bool) -> None:
+        """``delay``: wall seconds from a step's end until its scheduled time (< 0: late)."""
+        clock = self.clock
+        clock.steps += 1
+        if delay < -LATE_STEP_S:
+            clock.late_steps += 1
+            clock.late_seconds -= delay
+        if stalled:
+            clock.stall_seconds -= delay
 
     def observe_first_token(self, ttft: float) -> None:
         self.ttft.observe(ttft)

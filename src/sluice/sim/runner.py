@@ -199,10 +199,13 @@ class EngineRunner:
                 step = self.engine.step()
                 self.publish_pending_events()
                 delay = self._wall_for(self.engine.now) - loop.time()
+                stalled = delay < -_MAX_LAG_S
+                if self.metrics is not None:
+                    self.metrics.observe_step_delay(delay, stalled)
                 if delay > 0:
                     await asyncio.sleep(delay)
                 else:
-                    if delay < -_MAX_LAG_S:
+                    if stalled:
                         self._anchor_wall, self._anchor_virtual = loop.time(), self.engine.now
                     await asyncio.sleep(0 if step.outputs else _EMPTY_STEP_WAIT_S)
                 self._deliver(step.outputs)

@@ -309,7 +309,7 @@ def _simulate(
         )
         lv.state.end(lv.prefill, prefill_done=lv.first is not None)
         ttft = None if lv.first is None else lv.first - lv.start
-        pol.on_complete(lv.facts, lv.state, t, ttft, ok)
+        pol.on_complete(lv.facts, lv.state, t, ttft, ok, output_tokens=lv.out)
         finished[req.request_id] = t
         for child in children.pop(req.request_id, ()):
             push_dispatch(max(child.arrival, t + child.think_time), child)
