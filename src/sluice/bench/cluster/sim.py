@@ -230,6 +230,8 @@ def _simulate(
             heapq.heappop(ticks)
             if runs[i] is run:
                 states[i].kv_usage = handles[i].kv_usage_after(run, step)
+                # The policy hears of it as of a scrape (the free-queue index's bound follows).
+                pol.on_scrape(states[i])
                 push_tick(i, run, step)
 
     def apply_run(i: int, run: DecodeRun, steps: int) -> None:
