@@ -56,16 +56,14 @@ def summary_row(label: str, s: Summary) -> list[str]:
         _num(s.output_throughput, ".0f"),
         _num(s.goodput, ".2f"),
         _num(s.slo_attainment * 100 if s.slo_attainment == s.slo_attainment else None, ".0f") + "%",
-        _num(None if s.prefix_hit_rate is None else s.prefix_hit_rate * 100, ".1f")
-        + ("%" if s.prefix_hit_rate is not None else ""),
+        _percent(s.prefix_hit_rate),
         _num(s.extra.get("kv_usage_mean"), ".2f"),
-        _num(_pct(s.extra.get("late_step_share")), ".1f")
-        + ("%" if "late_step_share" in s.extra else ""),
+        _percent(s.extra.get("late_step_share")),
     ]
 
 
-def _pct(share: float | None) -> float | None:
-    return None if share is None else share * 100
+def _percent(share: float | None) -> str:
+    return _num(None, "") if share is None else f"{share * 100:.1f}%"
 
 
 def markdown_table(rows: Sequence[tuple[str, Summary]]) -> str:

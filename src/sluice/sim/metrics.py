@@ -104,6 +104,16 @@ _GAUGES = (
 )
 
 
+def _counters(
+    table: Iterable[tuple[str, str, str]], source: object, labels: list[str]
+) -> Iterable[Metric]:
+    """One counter family per ``(name, doc, attribute of source)`` row."""
+    for name, doc, attr in table:
+        counter = CounterMetricFamily(name, doc, labels=["model_name", "engine"])
+        counter.add_metric(labels, float(getattr(source, attr)))
+        yield counter
+
+
 class _EngineCollector(Collector):
     def __init__(
         self,
@@ -126,10 +136,7 @@ class _EngineCollector(Collector):
             gauge = GaugeMetricFamily(name, doc, labels=names)
             gauge.add_metric(self._labels, float(getattr(stats, attr)))
             yield gauge
-        for name, doc, attr in _COUNTERS:
-            counter = CounterMetricFamily(name, doc, labels=names)
-            counter.add_metric(self._labels, float(getattr(stats, attr)))
-            yield counter
+        yield from _counters(_COUNTERS, stats, self._labels)
         success = CounterMetricFamily(
             "vllm:request_success",
             "Count of successfully processed requests.",
@@ -224,34 +231,33 @@ class ClockLag:
 LATE_STEP_S = 0.01
 
 
+_CLOCK_COUNTERS = (
+    ("sluice_sim_steps", "Engine steps run.", "steps"),
+    (
+        "sluice_sim_late_steps",
+        f"Steps delivered over {LATE_STEP_S * 1000:g} ms (wall) behind schedule.",
+        "late_steps",
+    ),
+    (
+        "sluice_sim_late_seconds",
+        "Wall seconds late steps were behind schedule, summed.",
+        "late_seconds",
+    ),
+    (
+        "sluice_sim_clock_stall_seconds",
+        "Wall seconds the simulated clock stalled because the machine could not keep up.",
+        "stall_seconds",
+    ),
+)
+
+
 class _ClockCollector(Collector):
     def __init__(self, lag: ClockLag, labels: tuple[str, str]) -> None:
         self._lag = lag
         self._labels = list(labels)
 
     def collect(self) -> Iterable[Metric]:
-        names = ["model_name", "engine"]
-        for name, doc, value in (
-            ("sluice_sim_steps", "Engine steps run.", self._lag.steps),
-            (
-                "sluice_sim_late_steps",
-                f"Steps delivered over {LATE_STEP_S * 1000:g} ms (wall) behind schedule.",
-                self._lag.late_steps,
-            ),
-            (
-                "sluice_sim_late_seconds",
-                "Wall seconds late steps were behind schedule, summed.",
-                self._lag.late_seconds,
-            ),
-            (
-                "sluice_sim_clock_stall_seconds",
-                "Wall seconds the simulated clock stalled because the machine could not keep up.",
-                self._lag.stall_seconds,
-            ),
-        ):
-            counter = CounterMetricFamily(name, doc, labels=names)
-            counter.add_metric(self._labels, float(value))
-            yield counter
+        return _counters(_CLOCK_COUNTERS, self._lag, self._labels)
 
 
 class EngineMetrics:
